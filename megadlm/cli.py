@@ -1,0 +1,141 @@
+"""The `megadlm` command line. Heavy libraries are imported inside each command, never at module
+import, so `megadlm --help` answers instantly."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from megadlm.errors import UserError
+
+
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file or preset name (e.g. tiny_mdm, presets/qwen3-0.6b)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="megadlm",
+        description="Train masked-diffusion (MDM) and autoregressive (AR) language models on "
+                    "megatron-core + DeepSpeed from MDS shards.")
+    from megadlm import __version__
+
+    parser.add_argument("--version", action="version", version=f"megadlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="tokenize text/JSONL/parquet into MDS shards with a manifest",
+                       description="Tokenize documents, join them with EOS and pack fixed-length "
+                                   "sequences into zstd MDS shards (train/val) plus manifest.json.")
+    from megadlm.data.cli_prepare import add_prepare_arguments
+
+    add_prepare_arguments(p)
+
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train (or resume) a run. With --nproc N > 1 the command relaunches "
+                                   "itself under torchrun; `torchrun ... -m megadlm train` works too.")
+    _add_config_arguments(p)
+    p.add_argument("--run-dir", help="run directory (default: run.run_dir or runs/<run.name>)")
+    p.add_argument("--nproc", type=int, default=1, help="processes to launch on this machine (default 1)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="refuse to continue a run directory that already holds checkpoints")
+
+    p = sub.add_parser("config", help="print the resolved config (after extends and --set) as YAML",
+                       description="Load, validate and print a config exactly as a run would use it.")
+    _add_config_arguments(p)
+    p.add_argument("--world-size", type=int, default=1, help="validate for this many processes")
+
+    p = sub.add_parser("demo", help="the end-to-end demo: Shakespeare -> shards -> AR and MDM -> report",
+                       description="Fetch a public-domain corpus, prepare byte-level shards, train a tiny "
+                                   "AR and a tiny MDM model on CPU and write a validation-loss report.")
+    p.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
+    p.add_argument("--nproc", type=int, default=2, help="processes per training run (default 2)")
+    p.add_argument("--offline", action="store_true",
+                   help="skip the download and use Python's own pydoc topics as the corpus")
+    p.add_argument("--epochs", type=float, default=None, help="epochs per run (default from demo config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of both demo runs' configs (repeatable)")
+
+    p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
+                       description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", required=True, help="output PNG path")
+    return parser
+
+
+def _resolve_run_dir(cfg, explicit: str | None) -> str:
+    return os.path.abspath(explicit or cfg.run.run_dir or os.path.join("runs", cfg.run.name))
+
+
+def _cmd_train(args) -> int:
+    from megadlm.config.loader import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = _resolve_run_dir(cfg, args.run_dir)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from megadlm.train.trainer import check_config
+
+        check_config(cfg, args.nproc)  # fail here, before spawning any process
+        from megadlm.train.launch import relaunch_with_torchrun
+
+        return relaunch_with_torchrun(args.nproc, ["train", args.config, "--run-dir", run_dir,
+                                                   *sum((["--set", o] for o in args.overrides), []),
+                                                   *(["--no-resume"] if args.no_resume else [])])
+    from megadlm.train.trainer import train
+
+    train(cfg, run_dir, resume=not args.no_resume)
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from megadlm.config.loader import config_to_dict, load_config
+    from megadlm.config.validate import validate_config
+
+    cfg = load_config(args.config, args.overrides)
+    validate_config(cfg, world_size=args.world_size)
+    sys.stdout.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from megadlm.data.cli_prepare import run_prepare
+
+    return run_prepare(args)
+
+
+def _cmd_demo(args) -> int:
+    from megadlm.demo import run_demo
+
+    return run_demo(out=args.out, nproc=args.nproc, offline=args.offline, epochs=args.epochs,
+                    overrides=args.overrides)
+
+
+def _cmd_report(args) -> int:
+    from megadlm.report import write_report
+
+    print(write_report(args.runs, args.out))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare, "demo": _cmd_demo,
+            "report": _cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"megadlm {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Typed configuration of a megadlm run.
+
+Every YAML key maps onto a field of one of these dataclasses; `megadlm.config.loader` turns YAML
+(with `extends:` and `--set` overrides) into a `Config` and rejects unknown keys and wrong types.
+This module imports nothing heavy so `megadlm --help` stays fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 256
+    num_attention_heads: int = 4
+    # Number of key/value heads (GQA). None means multi-head attention (= num_attention_heads).
+    num_query_groups: Optional[int] = None
+    # Head dimension; None derives hidden_size // num_attention_heads (Qwen3 sets it explicitly).
+    kv_channels: Optional[int] = None
+    position_embedding: str = "rope"  # rope | learned_absolute
+    rotary_base: int = 10000
+    normalization: str = "RMSNorm"  # RMSNorm | LayerNorm
+    norm_epsilon: float = 1e-6
+    activation: str = "swiglu"  # swiglu | gelu
+    qk_layernorm: bool = True
+    add_bias_linear: bool = False
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    # Vocabulary is padded up to a multiple of this times the TP size (Megatron convention).
+    make_vocab_size_divisible_by: int = 128
+    # Model vocabulary before padding. None takes it from the data manifest (tokenizer size incl. [MASK]).
+    vocab_size: Optional[int] = None
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    type: str = "mdm"  # mdm | ar
+    # --- MDM ---
+    eps: float = 1e-3  # mask probability p = (1 - eps) * t + eps
+    # count_form: weight each sequence's masked CE by L/k (mean over masked tokens) instead of 1/p.
+    count_form: bool = False
+    # antithetic_t: stratify t within each micro-batch, t_j = (u + j/b) mod 1.
+    antithetic_t: bool = False
+    # Probability of truncating a micro-batch to a random length (LLaDA / SMDM use 0.01).
+    random_length_prob: float = 0.0
+    # --- AR regularisers (the paper's knobs) ---
+    # Input token dropout: a rate in [0, 1], or "uniform" (rate r ~ U(0,1) drawn per sequence).
+    token_dropout: Union[float, str] = 0.0
+    mlp_dropout: float = 0.0  # dropout on the MLP residual branch only
+    attention_dropout: float = 0.0  # dropout on attention probabilities
+    hidden_dropout: float = 0.0  # megatron's hidden dropout: both residual branches
+    # Seed of the MDM masks used for validation, fixed so curves are comparable across evaluations.
+    val_mask_seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    # Directory written by `megadlm prepare` (holds manifest.json, train/, val/).
+    path: str = ""
+    seq_len: int = 128
+    # Cap on unique training tokens (rounded down to whole global batches). None uses all shards.
+    unique_tokens: Optional[int] = None
+    # Passes over the unique data. Training length = epochs unless schedule.max_steps is set.
+    epochs: float = 1.0
+    shuffle: bool = True
+    shuffle_algo: str = "py1e"
+    num_canonical_nodes: int = 1
+    num_workers: int = 0
+    # Remote shards (S3 etc.) are read via mosaicml-streaming's remote/local cache.
+    remote: Optional[str] = None
+    cache_dir: Optional[str] = None
+    # Validation: at most this many val sequences are scored (None = all).
+    val_max_samples: Optional[int] = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    type: str = "cosine"  # cosine | constant | wsd
+    warmup_steps: int = 0
+    # Total optimizer steps. None derives it from data.epochs.
+    max_steps: Optional[int] = None
+    # WSD: fraction of the steps spent in the final linear decay.
+    decay_fraction: float = 0.1
+    global_batch_size: int = 8
+    micro_batch_size: int = 4
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    zero_stage: int = 1
+    # auto: bf16 on GPU, fp32 on CPU. Or force fp32 / bf16.
+    precision: str = "auto"
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # save every N steps (0 = only at the end)
+    keep_last: int = 2
+    save_final: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 1
+    eval_interval: int = 0  # steps between validations (0 = once per epoch)
+    wandb_mode: str = "disabled"  # online | offline | disabled
+    wandb_project: str = "megadlm"
+    wandb_name: Optional[str] = None
+    progress_bar: bool = True
+    # Peak TFLOP/s of one device for MFU; None = known GPUs auto-detected, otherwise MFU is not reported.
+    peak_tflops: Optional[float] = None
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 1234
+    run_dir: Optional[str] = None
+    # What a NaN/inf loss does: "stop" exits non-zero before the step is applied or saved.
+    on_nan: str = "stop"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,122 @@
+"""Reading MDS shards during training, with mosaicml-streaming.
+
+Train: one StreamingDataset per rank with `replication = TP * PP`, so every rank of a data-parallel
+replica gets the same samples and replicas get disjoint ones. Its position is derived from the
+global consumed-sample counter alone (epoch = C // E, sample_in_epoch = C % E), which is
+independent of the world size, so resume needs nothing else from the loader.
+
+`data.unique_tokens` caps the unique data: a fixed subset of E samples (the same every epoch,
+streaming's "fixed" sampling) with E a whole number of global batches. `data.epochs` repeats it.
+
+Validation: map-style random access on a non-shuffled dataset, split by data-parallel rank, so
+every evaluation scores exactly the same sequences with no padding or duplicates.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from megadlm.config.schema import Config
+from megadlm.errors import DataError
+
+
+@dataclass
+class TrainBatch:
+    epoch: int
+    tokens: torch.Tensor  # [b, seq_len + 1] int64
+    sample_ids: torch.Tensor  # [b] int64 (global index of the sample in its split)
+
+
+def _collate(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64))
+    ids = torch.tensor([int(s["idx"]) for s in samples], dtype=torch.int64)
+    return tokens, ids
+
+
+def split_source(cfg: Config, split: str, run_dir: str) -> tuple[str, str]:
+    """(remote, local) for a split. Shards are copied into a per-host cache so the prepared data
+    directory is only ever read (it may be shared by many runs)."""
+    base = cfg.data.remote or cfg.data.path
+    remote = base.rstrip("/") + "/" + split
+    cache_root = cfg.data.cache_dir or os.path.join(run_dir, ".cache", socket.gethostname())
+    return remote, os.path.join(cache_root, split)
+
+
+def samples_per_epoch(available: int, unique_tokens: int | None, seq_len: int, global_batch: int) -> int:
+    """Unique samples used each epoch: capped by unique_tokens, rounded down to whole global batches."""
+    wanted = available if unique_tokens is None else min(available, unique_tokens // seq_len)
+    usable = (wanted // global_batch) * global_batch
+    if usable == 0:
+        raise DataError(
+            f"the training data gives {wanted} samples of {seq_len} tokens "
+            f"(data.unique_tokens={unique_tokens}), fewer than one global batch of {global_batch}: "
+            f"lower schedule.global_batch_size or raise data.unique_tokens / prepare more text")
+    return usable
+
+
+class TrainData:
+    def __init__(self, cfg: Config, manifest: dict, run_dir: str, replication: int, seed: int):
+        from streaming import Stream, StreamingDataset
+
+        self.cfg = cfg
+        self.global_batch = cfg.schedule.global_batch_size
+        available = int(manifest["splits"]["train"]["samples"])
+        self.epoch_samples = samples_per_epoch(available, cfg.data.unique_tokens, cfg.data.seq_len,
+                                               self.global_batch)
+        remote, local = split_source(cfg, "train", run_dir)
+        stream = Stream(remote=remote, local=local,
+                        choose=self.epoch_samples if self.epoch_samples < available else None)
+        self.dataset = StreamingDataset(
+            streams=[stream], shuffle=cfg.data.shuffle, shuffle_algo=cfg.data.shuffle_algo,
+            shuffle_seed=seed, num_canonical_nodes=cfg.data.num_canonical_nodes,
+            batch_size=cfg.schedule.micro_batch_size, replication=replication,
+            sampling_method="fixed", allow_unsafe_types=False)
+        self.steps_per_epoch = self.epoch_samples // self.global_batch
+
+    def batches(self, consumed_samples: int) -> Iterator[TrainBatch]:
+        """Micro-batches for this rank from the global position `consumed_samples` on, forever."""
+        from torch.utils.data import DataLoader
+
+        epoch, in_epoch = divmod(consumed_samples, self.epoch_samples)
+        self.dataset.load_state_dict({
+            "epoch": epoch, "sample_in_epoch": in_epoch,
+            "num_canonical_nodes": self.cfg.data.num_canonical_nodes,
+            "shuffle_seed": self.dataset.shuffle_seed, "initial_physical_nodes": None})
+        loader = DataLoader(self.dataset, batch_size=self.cfg.schedule.micro_batch_size,
+                            num_workers=self.cfg.data.num_workers, collate_fn=_collate, drop_last=True)
+        while True:
+            for tokens, ids in loader:
+                yield TrainBatch(epoch=epoch, tokens=tokens, sample_ids=ids)
+            epoch += 1
+
+
+class ValData:
+    """The whole val split (or its first val_max_samples), this DP rank's share of it."""
+
+    def __init__(self, cfg: Config, manifest: dict, run_dir: str, dp_rank: int, dp_size: int):
+        from streaming import StreamingDataset
+
+        split = manifest.get("splits", {}).get("val")
+        self.available = split is not None and int(split.get("samples", 0)) > 0
+        if not self.available:
+            return
+        remote, local = split_source(cfg, "val", run_dir)
+        # replication = world size: every rank may index any sample; we split indices ourselves.
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.dataset = StreamingDataset(remote=remote, local=local, shuffle=False, batch_size=1,
+                                        replication=world)
+        total = int(split["samples"])
+        if cfg.data.val_max_samples is not None:
+            total = min(total, cfg.data.val_max_samples)
+        self.total = total
+        self.indices = list(range(dp_rank, total, dp_size))
+        self.bytes_per_token = split.get("bytes_per_token")
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.indices), batch_size):
+            yield _collate([self.dataset[i] for i in self.indices[start:start + batch_size]])

@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints their message (no traceback) and exits non-zero."""
+
+
+class UserError(Exception):
+    """A problem with the user's input that they can fix; the message names the problem and the fix."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """Bad YAML, unknown keys, wrong types or inconsistent sizes in a run configuration."""
+
+
+class DataError(UserError):
+    """Missing, empty, corrupt or mismatched data, tokenizer or manifest."""
+
+
+class TrainingError(UserError):
+    """A run that cannot continue (NaN loss, unusable run directory)."""
+
+    exit_code = 3

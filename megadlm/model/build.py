@@ -1,0 +1,109 @@
+"""Build the megatron-core GPT model a run trains, from its typed config.
+
+The same builder serves AR (causal attention, next-token labels) and MDM (bidirectional attention,
+labels = the clean tokens at the same positions). Initial weights depend only on `seed`:
+`use_cpu_initialization` creates each full master weight from the global RNG and then slices this
+rank's TP shard, so every TP layout starts from the same model as one process.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megadlm.config.schema import Config
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """fp32 on CPU, bf16 on GPU unless the config forces one."""
+    from megadlm.parallel.distributed import use_cuda
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if use_cuda() else torch.float32
+
+
+def transformer_config(cfg: Config):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    m, obj = cfg.model, cfg.objective
+    dtype = compute_dtype(cfg.parallel.precision)
+    swiglu = m.activation == "swiglu"
+    extra = {}
+    if m.activation_checkpointing:
+        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    return TransformerConfig(
+        num_layers=m.num_layers, hidden_size=m.hidden_size, ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads, num_query_groups=m.num_query_groups,
+        kv_channels=m.kv_channels, normalization=m.normalization, layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=swiglu, activation_func=F.silu if swiglu else F.gelu,
+        add_bias_linear=m.add_bias_linear, qk_layernorm=m.qk_layernorm, init_method_std=m.init_std,
+        hidden_dropout=obj.hidden_dropout, attention_dropout=obj.attention_dropout,
+        tensor_model_parallel_size=cfg.parallel.tp, pipeline_model_parallel_size=cfg.parallel.pp,
+        # CPU-safe settings: full master weights built on CPU (TP-invariant init), no fused kernels
+        # that only exist as CUDA extensions. On GPU the unfused ops are still the same code path.
+        use_cpu_initialization=True, perform_initialization=True,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
+        gradient_accumulation_fusion=False, bias_activation_fusion=False, masked_softmax_fusion=False,
+        persist_layer_norm=False, bias_dropout_fusion=False, apply_rope_fusion=False,
+        **extra)
+
+
+def build_model(cfg: Config, vocab_size: int, seed: int):
+    """The GPTModel for this rank (PP=1: the whole depth). `vocab_size` is already padded."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    from megadlm.model.layers import layer_spec
+    from megadlm.model.rope import make_rope_device_agnostic
+    from megadlm.parallel.distributed import device
+
+    m = cfg.model
+    spec = layer_spec(bidirectional=cfg.objective.type == "mdm", qk_layernorm=m.qk_layernorm,
+                      normalization=m.normalization, mlp_dropout=cfg.objective.mlp_dropout)
+    torch.manual_seed(seed)  # same on every rank: use_cpu_initialization slices one full weight
+    model = GPTModel(
+        config=transformer_config(cfg), transformer_layer_spec=spec, vocab_size=vocab_size,
+        max_sequence_length=cfg.data.seq_len, pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=m.tie_embeddings,
+        position_embedding_type=m.position_embedding, rotary_base=m.rotary_base)
+    make_rope_device_agnostic(model)
+    return model.to(device())
+
+
+def count_parameters(cfg: Config, vocab_size: int) -> dict[str, int]:
+    """Exact parameter counts of the full (unsharded) model, from the config alone."""
+    m = cfg.model
+    h, f, layers = m.hidden_size, m.ffn_hidden_size, m.num_layers
+    heads = m.num_attention_heads
+    groups = m.num_query_groups or heads
+    head_dim = m.kv_channels or h // heads
+    bias = m.add_bias_linear
+    norm = h * (2 if m.normalization == "LayerNorm" else 1)
+    qkv = h * head_dim * (heads + 2 * groups) + (head_dim * (heads + 2 * groups) if bias else 0)
+    proj = heads * head_dim * h + (h if bias else 0)
+    fc1_out = 2 * f if m.activation == "swiglu" else f
+    mlp = h * fc1_out + (fc1_out if bias else 0) + f * h + (h if bias else 0)
+    qk_norm = 2 * head_dim * (2 if m.normalization == "LayerNorm" else 1) if m.qk_layernorm else 0
+    per_layer = qkv + proj + mlp + 2 * norm + qk_norm
+    embedding = vocab_size * h + (cfg.data.seq_len * h if m.position_embedding == "learned_absolute" else 0)
+    output = 0 if m.tie_embeddings else vocab_size * h
+    non_embedding = layers * per_layer + norm
+    return {"non_embedding": non_embedding, "embedding": embedding, "output": output,
+            "total": non_embedding + embedding + output}
+
+
+def flops_per_token(cfg: Config, vocab_size: int) -> float:
+    """Training FLOPs per token, the convention used for every MFU number megadlm reports:
+
+    6 * N (N = non-embedding parameters + the output projection, which is a real matmul even when
+    tied) plus the attention term 12 * layers * hidden * seq_len counted in FULL for both AR and
+    MDM (no causal halving), so AR and MDM numbers are comparable.
+    """
+    n = count_parameters(cfg, vocab_size)
+    m = cfg.model
+    matmul_params = n["non_embedding"] + vocab_size * m.hidden_size
+    attn_width = m.num_attention_heads * (m.kv_channels or m.hidden_size // m.num_attention_heads)
+    return 6.0 * matmul_params + 12.0 * m.num_layers * attn_width * cfg.data.seq_len

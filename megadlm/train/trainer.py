@@ -1,0 +1,245 @@
+"""The training loop: one code path for CPU/gloo and GPU/NCCL, one process or many.
+
+Flow: validate config against the data manifest (before any process group) -> process groups ->
+model (megatron-core) -> DeepSpeed engine (AdamW, ZeRO, clipping, accumulation) -> data (streaming)
+-> resume if the run directory has a checkpoint -> steps, validation, checkpoints, metrics.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megadlm.config.loader import config_to_dict, dump_config
+from megadlm.config.schema import Config
+from megadlm.config.validate import padded_vocab_size, validate_config
+from megadlm.data.prepare import load_manifest
+from megadlm.errors import TrainingError
+from megadlm.objectives import make_batch, weighted_loss
+from megadlm.parallel import distributed as pdist
+from megadlm.train import checkpoint as ckpt
+from megadlm.train.evaluate import validate
+from megadlm.train.metrics import MetricsLogger, detect_peak_tflops
+from megadlm.train.schedule import lr_at
+
+
+@dataclass
+class RunPlan:
+    """Sizes derived once from the config, the manifest and the layout."""
+
+    vocab_size: int  # tokenizer vocabulary incl. [MASK]
+    padded_vocab_size: int
+    mask_id: int
+    grad_accum: int
+    total_steps: int
+    steps_per_epoch: int
+    epoch_samples: int
+
+
+def check_config(cfg: Config, world_size: int) -> dict:
+    """Every check that needs no process group; returns the data manifest."""
+    validate_config(cfg, world_size=world_size)
+    manifest = load_manifest(cfg.data.path)
+    validate_config(cfg, world_size=world_size, manifest=manifest)
+    return manifest
+
+
+def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool) -> dict:
+    o = cfg.optim
+    return {
+        "train_batch_size": cfg.schedule.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.schedule.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": o.grad_clip,
+        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": False},
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps, "weight_decay": o.weight_decay,
+            "torch_adam": True}},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (incl. embeddings), none on norms and biases."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _prepare_run_dir(cfg: Config, run_dir: str, is_main: bool, resume: bool) -> None:
+    has_ckpt = ckpt.latest_tag(run_dir) is not None
+    if has_ckpt and not resume:
+        raise TrainingError(f"{run_dir} already holds checkpoints and --no-resume was given: "
+                            f"choose another --run-dir or drop --no-resume to continue that run")
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        dump_config(cfg, os.path.join(run_dir, "config.yaml"))
+
+
+def train(cfg: Config, run_dir: str, resume: bool = True) -> dict:
+    """Train until the configured number of steps; returns the final summary record."""
+    manifest = check_config(cfg, pdist.env_world_size())
+    layout = pdist.init_distributed(cfg.parallel.tp, cfg.parallel.pp)
+    try:
+        return _train(cfg, run_dir, resume, manifest, layout)
+    finally:
+        pdist.shutdown()
+
+
+def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdist.Layout) -> dict:
+    import deepspeed
+
+    from megadlm.data.loader import TrainData, ValData
+    from megadlm.model.build import build_model, compute_dtype, flops_per_token
+
+    _prepare_run_dir(cfg, run_dir, layout.is_main, resume)
+    dist.barrier()
+    vocab = cfg.model.vocab_size or int(manifest["vocab_size"])
+    padded = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, layout.tp)
+    model = build_model(cfg, padded, seed=cfg.run.seed)
+    # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
+    torch.manual_seed(cfg.run.seed + 1 + 1000 * layout.dp_rank + 100_000 * layout.pp_rank)
+
+    grad_accum = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * layout.dp)
+    bf16 = compute_dtype(cfg.parallel.precision) == torch.bfloat16
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay),
+        config=deepspeed_config(cfg, grad_accum, bf16), mpu=pdist.MegatronMPU())
+
+    data = TrainData(cfg, manifest, run_dir, replication=layout.tp * layout.pp, seed=cfg.run.seed)
+    val = ValData(cfg, manifest, run_dir, layout.dp_rank, layout.dp)
+    total_steps = cfg.schedule.max_steps or max(1, math.ceil(cfg.data.epochs * data.steps_per_epoch))
+    plan = RunPlan(vocab, padded, int(manifest["mask_id"]), grad_accum, total_steps,
+                   data.steps_per_epoch, data.epoch_samples)
+
+    state = ckpt.TrainState()
+    if resume and ckpt.latest_tag(run_dir) is not None:
+        state = ckpt.load(engine, run_dir)
+    resolved = config_to_dict(cfg)
+    logger = MetricsLogger(cfg, run_dir, layout.is_main, total_steps, state.step, resolved)
+    if layout.is_main:
+        logger.log({"kind": "start", "step": state.step, "total_steps": total_steps,
+                    "steps_per_epoch": plan.steps_per_epoch, "epoch_samples": plan.epoch_samples,
+                    "epochs": total_steps / plan.steps_per_epoch, "world_size": layout.world_size,
+                    "tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "grad_accum": grad_accum,
+                    "padded_vocab_size": padded, "objective": cfg.objective.type,
+                    "resumed": state.step > 0, "flops_per_token": flops_per_token(cfg, padded),
+                    "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
+    loop = _Loop(cfg, engine, data, val, plan, layout, logger, manifest, run_dir)
+    try:
+        return loop.run(state)
+    finally:
+        logger.close()
+
+
+class _Loop:
+    def __init__(self, cfg, engine, data, val, plan: RunPlan, layout, logger, manifest, run_dir):
+        from megadlm.model.build import flops_per_token
+
+        self.cfg, self.engine, self.data, self.val, self.plan = cfg, engine, data, val, plan
+        self.layout, self.logger, self.manifest, self.run_dir = layout, logger, manifest, run_dir
+        self.device = pdist.device()
+        self.flops_per_token = flops_per_token(cfg, plan.padded_vocab_size)
+        self.peak_tflops = detect_peak_tflops(cfg)
+        self.dp_group = pdist.data_parallel_group()
+
+    def epoch_of(self, consumed: int) -> float:
+        return consumed / self.plan.epoch_samples
+
+    def forward(self, tokens, sample_ids, epoch, train: bool, seed: int):
+        batch = make_batch(self.cfg.objective, tokens, sample_ids, epoch, seed, self.plan.mask_id,
+                           self.cfg.data.seq_len, train=train, length_multiple=self.layout.tp).to(self.device)
+        positions = torch.arange(batch.inputs.size(1), device=self.device).unsqueeze(0).expand_as(batch.inputs)
+        token_ce = self.engine(batch.inputs, positions, None, labels=batch.labels)
+        return weighted_loss(token_ce, batch)
+
+    def run(self, state: ckpt.TrainState) -> dict:
+        cfg, plan = self.cfg, self.plan
+        batches = self.data.batches(state.consumed_samples)
+        last_val: dict | None = None
+        while state.step < plan.total_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(state.step, plan.total_steps, cfg.schedule, cfg.optim)
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = lr
+            sums = torch.zeros(4, dtype=torch.float64)  # loss, masked CE sum, masked count, micro-batches
+            epoch_index = state.consumed_samples // plan.epoch_samples
+            for _ in range(plan.grad_accum):
+                batch = next(batches)
+                parts = self.forward(batch.tokens, batch.sample_ids, batch.epoch, True, cfg.run.seed)
+                self._stop_if_not_finite(parts.loss, state.step)
+                self.engine.backward(parts.loss)
+                self.engine.step()
+                sums += torch.tensor([parts.loss.item(), parts.masked_ce_sum.item(),
+                                      parts.masked_count.item(), 1.0], dtype=torch.float64)
+            loss_sum, masked_sum, masked_count, micro = pdist.all_reduce_sum(sums.tolist(), self.dp_group)
+            state.step += 1
+            state.consumed_samples += cfg.schedule.global_batch_size
+            state.tokens_seen += cfg.schedule.global_batch_size * cfg.data.seq_len
+            elapsed = time.perf_counter() - t0
+            record = self._train_record(state, lr, loss_sum / micro, masked_sum, masked_count, elapsed, epoch_index)
+            if state.step % cfg.logging.log_interval == 0 or state.step == plan.total_steps:
+                self.logger.log(record)
+            postfix = {"loss": record["loss"], "epoch": f"{record['epoch']:.2f}"}
+            if self._eval_due(state.step):
+                last_val = self._validate(state)
+            if last_val:
+                postfix["val"] = last_val["val_loss"]
+            self.logger.progress(state.step, postfix)
+            if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0:
+                ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
+        if cfg.checkpoint.save_final and ckpt.latest_tag(self.run_dir) != f"step_{state.step:08d}":
+            ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
+        summary = {"kind": "summary", "step": state.step, "epoch": self.epoch_of(state.consumed_samples),
+                   "tokens_seen": state.tokens_seen, "final_val": last_val}
+        self.logger.log(summary)
+        return summary
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, step: int) -> None:
+        # Agree across all ranks before anything is applied, so no rank steps or saves a NaN.
+        flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.device)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(flag)
+        if flag.item() > 0:
+            raise TrainingError(
+                f"loss is NaN/inf at step {step + 1} (lr={self.engine.optimizer.param_groups[0]['lr']:.3g}): "
+                f"the step was not applied and no checkpoint was written. Lower optim.lr, check the data, "
+                f"or resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
+
+    def _train_record(self, state, lr, loss, masked_sum, masked_count, elapsed, epoch_index) -> dict:
+        tokens = self.cfg.schedule.global_batch_size * self.cfg.data.seq_len
+        tokens_per_s = tokens / elapsed if elapsed > 0 else float("nan")
+        grad_norm = self.engine.get_global_grad_norm()
+        tflops = self.flops_per_token * tokens_per_s / 1e12
+        record = {"kind": "train", "step": state.step, "epoch": self.epoch_of(state.consumed_samples),
+                  "repetition": epoch_index + 1, "loss": loss, "lr": lr,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "tokens_seen": state.tokens_seen, "consumed_samples": state.consumed_samples,
+                  "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
+                  "tflops_per_device": tflops / self.layout.world_size,
+                  "mfu": (tflops / self.layout.world_size / self.peak_tflops) if self.peak_tflops else None}
+        if self.cfg.objective.type == "mdm" or masked_count > 0:
+            record["masked_ce"] = masked_sum / masked_count if masked_count else None
+        return record
+
+    def _eval_due(self, step: int) -> bool:
+        if not self.val.available:
+            return False
+        interval = self.cfg.logging.eval_interval or self.plan.steps_per_epoch
+        return step % interval == 0 or step == self.plan.total_steps
+
+    def _validate(self, state: ckpt.TrainState) -> dict:
+        result = validate(self, self.cfg.schedule.micro_batch_size)
+        record = {"kind": "val", "step": state.step, "epoch": self.epoch_of(state.consumed_samples),
+                  "tokens_seen": state.tokens_seen, **result}
+        self.logger.log(record)
+        return record

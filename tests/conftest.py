@@ -1,0 +1,68 @@
+"""Shared fixtures: a small prepared dataset (from Python's own pydoc topics, no network) and
+helpers to run the real `megadlm` CLI in subprocesses, as users do."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small model and batch for CPU tests; every override is a real --set a user could type.
+TINY = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128",
+        "model.num_attention_heads=4", "model.num_query_groups=2", "data.seq_len=32",
+        "schedule.global_batch_size=8", "schedule.micro_batch_size=2", "schedule.warmup_steps=2",
+        "logging.progress_bar=false", "data.val_max_samples=32", "optim.lr=3e-3"]
+
+
+def megadlm_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("WANDB_MODE", "disabled")
+    return env
+
+
+def run_cli(*args: str, timeout: int = 600, check: bool = True, nproc: int = 0) -> subprocess.CompletedProcess:
+    """Run `python -m megadlm ARGS` (or under torchrun with nproc ranks) and return the result."""
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "megadlm", *args]
+    else:
+        cmd = [sys.executable, "-m", "megadlm", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=megadlm_env(), cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def sets(*overrides: str) -> list[str]:
+    out: list[str] = []
+    for o in overrides:
+        out += ["--set", o]
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def train_records(run_dir: Path, kind: str = "train") -> list[dict]:
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r["kind"] == kind]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Byte-level shards of 32-token sequences from the stdlib pydoc topics (~3k train samples)."""
+    from megadlm.data.corpus import write_pydoc_corpus
+    from megadlm.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    corpus = write_pydoc_corpus(root / "corpus")
+    out = root / "data"
+    prepare([str(corpus)], str(out), tokenizer="bytes", seq_len=32, val_fraction=0.1,
+            max_tokens=100_000, progress=False)
+    return out

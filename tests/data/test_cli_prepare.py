@@ -1,0 +1,39 @@
+"""The `prepare` argparse hook and its summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from megadlm.data.cli_prepare import add_prepare_arguments, main, run_prepare
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_prepare_arguments(p)
+    return p
+
+
+def test_defaults() -> None:
+    a = _parser().parse_args(["--input", "a", "b", "--out", "o"])
+    assert (a.input, a.out, a.tokenizer, a.seq_len, a.val_fraction) == (["a", "b"], "o", "bytes", 128, 0.0)
+    assert (a.val_input, a.max_tokens, a.train_bpe, a.overwrite, a.no_progress) == ([], None, None, False, False)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--out", "o"])  # --input is required
+
+
+def test_run_prepare_prints_summary(small_pydoc_dir: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    args = _parser().parse_args(["--input", str(small_pydoc_dir), "--out", str(out), "--seq-len", "32",
+                                 "--val-fraction", "0.2", "--no-progress"])
+    assert run_prepare(args) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "train" in text and "val" in text and "vocab 258" in text
+
+
+def test_main_prints_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv in the repository and install megadlm with its test extra.
+# torch/torchvision are pinned to the releases mosaicml-streaming's torchvision needs, so pip takes
+# them from the local wheel cache where one exists instead of resolving a newer CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import megadlm, deepspeed, megatron.core, streaming, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.megadlm-installed ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+  touch .venv/.megadlm-installed
+fi
+echo "megadlm environment ready: $(pwd)/.venv"
