@@ -210,9 +210,10 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, train_fil
                    for s in splits}
         packers = {s: SamplePacker(seq_len, dtype, lambda t, i, w=writers[s]: w.write({"tokens": t, "idx": i}))
                    for s in splits}
-        capped = lambda: max_tokens is not None and packers["train"].stream_tokens >= max_tokens  # noqa: E731
-
         last_val = max(val_ids, default=-1)
+
+        def capped() -> bool:
+            return max_tokens is not None and packers["train"].stream_tokens >= max_tokens
 
         def routed() -> Iterator[tuple[str, Document]]:
             for i, doc in enumerate(iter_documents(train_files)):

@@ -181,6 +181,7 @@ class _Loop:
                 self.engine.step()
                 sums += torch.tensor([parts.loss.item(), parts.masked_ce_sum.item(),
                                       parts.masked_count.item(), 1.0], dtype=torch.float64)
+            self._stop_if_grad_norm_not_finite(state.step)
             loss_sum, masked_sum, masked_count, micro = pdist.all_reduce_sum(sums.tolist(), self.dp_group)
             state.step += 1
             state.consumed_samples += cfg.schedule.global_batch_size
@@ -214,6 +215,17 @@ class _Loop:
                 f"loss is NaN/inf at step {step + 1} (lr={self.engine.optimizer.param_groups[0]['lr']:.3g}): "
                 f"the step was not applied and no checkpoint was written. Lower optim.lr, check the data, "
                 f"or resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
+
+    def _stop_if_grad_norm_not_finite(self, step: int) -> None:
+        # fp32/bf16 DeepSpeed applies an inf/NaN gradient instead of skipping it (only fp16 loss
+        # scaling skips). The norm is already all-reduced, so every rank stops here together,
+        # before this step can be saved.
+        norm = self.engine.get_global_grad_norm()
+        if norm is not None and not math.isfinite(float(norm)):
+            raise TrainingError(
+                f"gradient norm is {float(norm)} at step {step + 1}: the weights are no longer usable, "
+                f"so the run stops and no checkpoint was written for this step. Lower optim.lr or set "
+                f"optim.grad_clip, then resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
 
     def _train_record(self, state, lr, loss, masked_sum, masked_count, elapsed, epoch_index) -> dict:
         tokens = self.cfg.schedule.global_batch_size * self.cfg.data.seq_len
