@@ -18,6 +18,7 @@ from megadlm.config.loader import config_to_dict, dump_config
 from megadlm.config.schema import Config
 from megadlm.config.validate import padded_vocab_size, validate_config
 from megadlm.data.prepare import load_manifest
+from megadlm.data.tokenizer import tokenizer_from_manifest
 from megadlm.errors import TrainingError
 from megadlm.objectives import make_batch, weighted_loss
 from megadlm.parallel import distributed as pdist
@@ -45,6 +46,8 @@ def check_config(cfg: Config, world_size: int) -> dict:
     validate_config(cfg, world_size=world_size)
     manifest = load_manifest(cfg.data.path)
     validate_config(cfg, world_size=world_size, manifest=manifest)
+    # The shards' token ids only mean something with the tokenizer that wrote them.
+    tokenizer_from_manifest(cfg.data.path)
     return manifest
 
 
