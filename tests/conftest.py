@@ -19,8 +19,13 @@ TINY = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128
         "logging.progress_bar=false", "data.val_max_samples=32", "optim.lr=3e-3"]
 
 
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
 def megadlm_env() -> dict:
-    env = dict(os.environ)
+    """The environment of a fresh user shell: no process-group variables left by in-process tests."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("WANDB_MODE", "disabled")
     return env

@@ -10,11 +10,21 @@ from megadlm.config.schema import Config
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group():
-    from megadlm.parallel.distributed import init_distributed, shutdown
+    """A one-rank gloo group in this process; its environment variables are removed afterwards."""
+    import os
 
+    from megadlm.parallel.distributed import init_distributed, shutdown
+    from tests.conftest import DIST_VARS
+
+    before = {k: os.environ.get(k) for k in DIST_VARS}
     init_distributed(1, 1)
     yield
     shutdown()
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def small_config(objective="ar", **objective_kw) -> Config:
