@@ -133,6 +133,9 @@ class RunConfig:
     name: str = "run"
     seed: int = 1234
     run_dir: Optional[str] = None
+    # Stop (and checkpoint) once this step is reached without changing the schedule: for
+    # time-sliced jobs. Re-running the same run directory continues to schedule.max_steps.
+    stop_at_step: Optional[int] = None
     # What a NaN/inf loss does: "stop" exits non-zero before the step is applied or saved.
     on_nan: str = "stop"
 

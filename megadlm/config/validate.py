@@ -266,6 +266,12 @@ def _check_optim(cfg: Config, report: Report) -> None:
 def _check_logging(cfg: Config, report: Report) -> None:
     _choice("logging.wandb_mode", cfg.logging.wandb_mode, WANDB_MODES, report)
     _choice("run.on_nan", cfg.run.on_nan, ON_NAN, report)
+    if cfg.run.stop_at_step is not None:
+        _at_least("run.stop_at_step", cfg.run.stop_at_step, 1, report)
+    _at_least("logging.log_interval", cfg.logging.log_interval, 1, report)
+    _at_least("logging.eval_interval", cfg.logging.eval_interval, 0, report)
+    _at_least("checkpoint.interval", cfg.checkpoint.interval, 0, report)
+    _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 0, report)
 
 
 def _tokenizer_name(manifest: dict) -> str:

