@@ -32,7 +32,7 @@ def test_every_command_has_help(command):
 def test_config_prints_the_resolved_config():
     proc = run_cli("config", "tiny_ar", *sets("optim.lr=0.005", "objective.token_dropout=uniform"))
     assert "type: ar" in proc.stdout and "lr: 0.005" in proc.stdout and "token_dropout: uniform" in proc.stdout
-    assert "num_layers: 4" in proc.stdout  # inherited from presets/tiny.yaml through extends
+    assert "num_layers: 6" in proc.stdout  # inherited from presets/tiny.yaml through extends
 
 
 def error_of(*args) -> str:

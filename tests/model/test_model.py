@@ -148,3 +148,10 @@ def test_dropouts_are_off_in_eval_mode():
     ids = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
         assert torch.equal(logits(model, ids), logits(model, ids))
+
+
+def test_tiny_preset_is_in_the_1_to_10M_range():
+    from megadlm.model.build import count_parameters
+
+    n = count_parameters(load_config("tiny"), 384)["total"]
+    assert 1e6 <= n <= 10e6, n
