@@ -359,7 +359,7 @@ def test_shipped_configs_load_and_validate(name):
 def test_tiny_preset_shape():
     cfg = load_config("tiny")
     m = cfg.model
-    assert (m.num_layers, m.hidden_size, m.ffn_hidden_size) == (4, 128, 384)
+    assert (m.num_layers, m.hidden_size, m.ffn_hidden_size) == (6, 128, 512)
     assert (m.num_attention_heads, m.num_query_groups) == (4, 2)
     assert m.qk_layernorm and not m.add_bias_linear and m.tie_embeddings
     assert cfg.objective.type == "mdm"
