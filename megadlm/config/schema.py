@@ -29,7 +29,8 @@ class ModelConfig:
     add_bias_linear: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02
-    # Vocabulary is padded up to a multiple of this times the TP size (Megatron convention).
+    # Vocabulary is padded up to a multiple of lcm(this, TP size): the same model for every TP size
+    # that divides it (unlike Megatron's multiple of this * TP, which changes with TP).
     make_vocab_size_divisible_by: int = 128
     # Model vocabulary before padding. None takes it from the data manifest (tokenizer size incl. [MASK]).
     vocab_size: Optional[int] = None

@@ -7,6 +7,7 @@ change; all problems found are reported together so one edit-and-retry fixes the
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 from megadlm.config.schema import Config
@@ -29,8 +30,14 @@ Report = Callable[[str], None]
 
 
 def padded_vocab_size(vocab: int, divisible_by: int, tp: int) -> int:
-    """Round `vocab` up to a multiple of divisible_by * tp (Megatron pads so TP shards are even)."""
-    multiple = max(1, divisible_by) * max(1, tp)
+    """Round `vocab` up to a multiple of lcm(divisible_by, tp).
+
+    Megatron pads to divisible_by * tp, which changes the model (and its loss: the softmax runs over
+    the padding too) whenever TP changes. The least common multiple keeps the padded vocabulary, and
+    so the model, the same for every TP size that divides divisible_by (any power of two up to 128
+    by default), while still giving each TP rank an equal shard.
+    """
+    multiple = math.lcm(max(1, divisible_by), max(1, tp))
     return -(-vocab // multiple) * multiple
 
 
@@ -191,14 +198,28 @@ def _check_parallel(cfg: Config, world_size: int, report: Report) -> None:
                 "or model.num_query_groups"
             )
     if pp_ok and p.pp > 1:
-        report(
-            f"parallel.pp={p.pp}: pipeline parallelism is not supported yet by this version: "
-            "set parallel.pp=1 (use parallel.tp and data parallelism instead)"
-        )
         if p.zero_stage in (2, 3):
             report(
                 f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed refuses ZeRO "
                 "stage 2/3 with pipeline parallelism: use parallel.zero_stage=1"
+            )
+        if p.zero_stage == 0:
+            report(
+                f"parallel.zero_stage=0 with parallel.pp={p.pp}: DeepSpeed's non-ZeRO gradient clipping "
+                "drops the replicated parameters of every stage but the first from the gradient norm "
+                "(a DeepSpeed bug), so the run would train wrongly: use parallel.zero_stage=1"
+            )
+        layers = cfg.model.num_layers
+        if _is_int(layers) and layers >= 1 and layers % p.pp:
+            report(
+                f"model.num_layers={layers} is not divisible by parallel.pp={p.pp}: every pipeline "
+                f"stage needs the same number of layers; choose pp among {_divisors(layers)}"
+            )
+        if _is_num(cfg.objective.random_length_prob) and cfg.objective.random_length_prob > 0:
+            report(
+                f"objective.random_length_prob={cfg.objective.random_length_prob} with parallel.pp={p.pp}: "
+                "pipeline stages exchange fixed-shape activations, so sequences cannot be truncated: "
+                "set objective.random_length_prob=0 or parallel.pp=1"
             )
 
 

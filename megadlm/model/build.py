@@ -1,9 +1,8 @@
 """Build the megatron-core GPT model a run trains, from its typed config.
 
 The same builder serves AR (causal attention, next-token labels) and MDM (bidirectional attention,
-labels = the clean tokens at the same positions). Initial weights depend only on `seed`:
-`use_cpu_initialization` creates each full master weight from the global RNG and then slices this
-rank's TP shard, so every TP layout starts from the same model as one process.
+labels = the clean tokens at the same positions). Initial weights depend only on (seed, parameter
+name) (`megadlm.model.init`): every TP/PP layout starts from the same model as one process.
 """
 from __future__ import annotations
 
@@ -11,6 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from megadlm.config.schema import Config
+
+
+def _keep_uninitialised(weight: torch.Tensor) -> None:
+    """megatron init_method that draws nothing (weights are set by name afterwards)."""
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -30,9 +33,6 @@ def transformer_config(cfg: Config):
     m, obj = cfg.model, cfg.objective
     dtype = compute_dtype(cfg.parallel.precision)
     swiglu = m.activation == "swiglu"
-    extra = {}
-    if m.activation_checkpointing:
-        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     return TransformerConfig(
         num_layers=m.num_layers, hidden_size=m.hidden_size, ffn_hidden_size=m.ffn_hidden_size,
         num_attention_heads=m.num_attention_heads, num_query_groups=m.num_query_groups,
@@ -43,18 +43,41 @@ def transformer_config(cfg: Config):
         tensor_model_parallel_size=cfg.parallel.tp, pipeline_model_parallel_size=cfg.parallel.pp,
         # CPU-safe settings: full master weights built on CPU (TP-invariant init), no fused kernels
         # that only exist as CUDA extensions. On GPU the unfused ops are still the same code path.
+        # megatron's CPU init pass must run: it is what tags TP shards (tensor_model_parallel,
+        # partition_dim, partition_stride), which DeepSpeed's clipping and our init need. Its random
+        # draw is skipped (`_keep_uninitialised`); megadlm.model.init fills every weight by name.
         use_cpu_initialization=True, perform_initialization=True,
+        init_method=_keep_uninitialised, output_layer_init_method=_keep_uninitialised,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         gradient_accumulation_fusion=False, bias_activation_fusion=False, masked_softmax_fusion=False,
-        persist_layer_norm=False, bias_dropout_fusion=False, apply_rope_fusion=False,
-        **extra)
+        persist_layer_norm=False, bias_dropout_fusion=False, apply_rope_fusion=False)
 
 
-def build_model(cfg: Config, vocab_size: int, seed: int):
-    """The GPTModel for this rank (PP=1: the whole depth). `vocab_size` is already padded."""
+def checkpoint_layer_activations(model) -> None:
+    """Recompute each transformer layer in backward instead of keeping its activations.
+
+    megatron's own recompute ("full") goes through its CUDA RNG tracker and fails on CPU; torch's
+    non-reentrant checkpoint restores the CPU and CUDA RNG state itself, so dropout masks are the
+    same in the recomputation. Wrapping the instance's forward keeps parameter names unchanged.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in model.decoder.layers:
+        def forward(*args, _inner=layer.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _inner(*args, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = forward
+
+
+def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
+    """The GPTModel for this rank (PP=1: the whole depth), initialised from (seed, names).
+    `vocab_size` is already padded; `seed` defaults to run.seed."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt.gpt_model import GPTModel
 
+    from megadlm.model.init import init_by_name
     from megadlm.model.layers import layer_spec
     from megadlm.model.rope import make_rope_device_agnostic
     from megadlm.parallel.distributed import device
@@ -62,7 +85,6 @@ def build_model(cfg: Config, vocab_size: int, seed: int):
     m = cfg.model
     spec = layer_spec(bidirectional=cfg.objective.type == "mdm", qk_layernorm=m.qk_layernorm,
                       normalization=m.normalization, mlp_dropout=cfg.objective.mlp_dropout)
-    torch.manual_seed(seed)  # same on every rank: use_cpu_initialization slices one full weight
     model = GPTModel(
         config=transformer_config(cfg), transformer_layer_spec=spec, vocab_size=vocab_size,
         max_sequence_length=cfg.data.seq_len, pre_process=ps.is_pipeline_first_stage(),
@@ -70,6 +92,9 @@ def build_model(cfg: Config, vocab_size: int, seed: int):
         share_embeddings_and_output_weights=m.tie_embeddings,
         position_embedding_type=m.position_embedding, rotary_base=m.rotary_base)
     make_rope_device_agnostic(model)
+    init_by_name(model.named_parameters(), cfg.run.seed if seed is None else seed, m.init_std, m.num_layers)
+    if m.activation_checkpointing:
+        checkpoint_layer_activations(model)
     return model.to(device())
 
 

@@ -1,8 +1,9 @@
-"""RoPE that stays on the model's device.
+"""RoPE on the training device.
 
 megatron-core 0.16's RotaryEmbedding.get_emb moves its frequencies to `torch.cuda.current_device()`
-whenever they live on the CPU, which crashes CPU runs. This subclass computes on whatever device the
-module was moved to (cuda in production, cpu in tests) and is otherwise the same math.
+whenever they live on the CPU, which crashes CPU runs. `inv_freq` is a plain attribute (not a
+buffer), so `module.to(device)` does not move it either: this subclass moves it to the device the
+process trains on (megadlm.parallel.distributed.device()) and is otherwise the same math.
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEm
 
 class DeviceAgnosticRotaryEmbedding(RotaryEmbedding):
     def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
+        from megadlm.parallel.distributed import device
+
+        target = device()
+        if self.inv_freq.device != target:
+            self.inv_freq = self.inv_freq.to(target)
         freqs = self.get_freqs_non_repeated(max_seq_len, offset)
         if not self.rotary_interleaved:
             emb = torch.cat((freqs, freqs), dim=-1)
@@ -24,4 +30,3 @@ def make_rope_device_agnostic(model: torch.nn.Module) -> None:
     rope = getattr(model, "rotary_pos_emb", None)
     if isinstance(rope, RotaryEmbedding) and not isinstance(rope, DeviceAgnosticRotaryEmbedding):
         rope.__class__ = DeviceAgnosticRotaryEmbedding
-        rope.forward.cache_clear() if hasattr(rope.forward, "cache_clear") else None

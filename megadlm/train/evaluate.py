@@ -8,28 +8,17 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from megadlm.parallel import distributed as pdist
 
 
-@torch.no_grad()
 def validate(loop, batch_size: int) -> dict:
-    engine, cfg = loop.engine, loop.cfg
-    engine.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # weighted CE, tokens, masked CE, masked count
-    try:
-        for tokens, ids in loop.val.batches(batch_size):
-            parts = loop.forward(tokens, ids, 0, False, cfg.objective.val_mask_seed)
-            sums += torch.tensor([parts.weighted_sum.item(), float(parts.tokens),
-                                  parts.masked_ce_sum.item(), parts.masked_count.item()], dtype=torch.float64)
-    finally:
-        engine.train()
-    weighted, tokens, masked_ce, masked = pdist.all_reduce_sum(sums.tolist(), loop.dp_group)
-    val_loss = weighted / tokens
-    result = {"val_loss": val_loss, "val_tokens": int(tokens)}
+    cfg = loop.cfg
+    seed = cfg.objective.val_mask_seed
+    batches = [loop.objective_batch(tokens, ids, 0, False, seed) for tokens, ids in loop.val.batches(batch_size)]
+    sums = loop.runner.evaluate(batches)
+    val_loss = sums.weighted / sums.tokens
+    result = {"val_loss": val_loss, "val_tokens": int(sums.tokens)}
     if loop.val.bytes_per_token:
         result["val_bits_per_byte"] = val_loss / math.log(2) / loop.val.bytes_per_token
     if cfg.objective.type == "mdm":
-        result["val_masked_ce"] = masked_ce / masked if masked else None
+        result["val_masked_ce"] = sums.masked_ce_sum / sums.masked_count if sums.masked_count else None
     return result

@@ -20,7 +20,7 @@ from megadlm.config.validate import padded_vocab_size, validate_config
 from megadlm.data.prepare import load_manifest
 from megadlm.data.tokenizer import tokenizer_from_manifest
 from megadlm.errors import TrainingError
-from megadlm.objectives import make_batch, weighted_loss
+from megadlm.objectives import make_batch
 from megadlm.parallel import distributed as pdist
 from megadlm.train import checkpoint as ckpt
 from megadlm.train.evaluate import validate
@@ -51,33 +51,6 @@ def check_config(cfg: Config, world_size: int) -> dict:
     return manifest
 
 
-def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool) -> dict:
-    o = cfg.optim
-    return {
-        "train_batch_size": cfg.schedule.global_batch_size,
-        "train_micro_batch_size_per_gpu": cfg.schedule.micro_batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": o.grad_clip,
-        "zero_optimization": {"stage": cfg.parallel.zero_stage},
-        "bf16": {"enabled": bf16},
-        "fp16": {"enabled": False},
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps, "weight_decay": o.weight_decay,
-            "torch_adam": True}},
-        "steps_per_print": 10**12,
-        "wall_clock_breakdown": False,
-    }
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (incl. embeddings), none on norms and biases."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _prepare_run_dir(cfg: Config, run_dir: str, is_main: bool, resume: bool) -> None:
     has_ckpt = ckpt.latest_tag(run_dir) is not None
     if has_ckpt and not resume:
@@ -99,24 +72,19 @@ def train(cfg: Config, run_dir: str, resume: bool = True) -> dict:
 
 
 def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdist.Layout) -> dict:
-    import deepspeed
-
     from megadlm.data.loader import TrainData, ValData
-    from megadlm.model.build import build_model, compute_dtype, flops_per_token
+    from megadlm.model.build import compute_dtype, flops_per_token
+    from megadlm.train.runners import build_runner
 
     _prepare_run_dir(cfg, run_dir, layout.is_main, resume)
     dist.barrier()
     vocab = cfg.model.vocab_size or int(manifest["vocab_size"])
     padded = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, layout.tp)
-    model = build_model(cfg, padded, seed=cfg.run.seed)
-    # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
-    torch.manual_seed(cfg.run.seed + 1 + 1000 * layout.dp_rank + 100_000 * layout.pp_rank)
-
     grad_accum = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * layout.dp)
     bf16 = compute_dtype(cfg.parallel.precision) == torch.bfloat16
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay),
-        config=deepspeed_config(cfg, grad_accum, bf16), mpu=pdist.MegatronMPU())
+    runner = build_runner(cfg, padded, layout, grad_accum, bf16)
+    # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
+    torch.manual_seed(cfg.run.seed + 1 + 1000 * layout.dp_rank + 100_000 * layout.pp_rank)
 
     data = TrainData(cfg, manifest, run_dir, replication=layout.tp * layout.pp, seed=cfg.run.seed)
     val = ValData(cfg, manifest, run_dir, layout.dp_rank, layout.dp)
@@ -126,7 +94,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
 
     state = ckpt.TrainState()
     if resume and ckpt.latest_tag(run_dir) is not None:
-        state = ckpt.load(engine, run_dir)
+        state = ckpt.load(runner.engine, run_dir)
     resolved = config_to_dict(cfg)
     logger = MetricsLogger(cfg, run_dir, layout.is_main, total_steps, state.step, resolved)
     if layout.is_main:
@@ -134,10 +102,11 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
                     "steps_per_epoch": plan.steps_per_epoch, "epoch_samples": plan.epoch_samples,
                     "epochs": total_steps / plan.steps_per_epoch, "world_size": layout.world_size,
                     "tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "grad_accum": grad_accum,
-                    "padded_vocab_size": padded, "objective": cfg.objective.type,
-                    "resumed": state.step > 0, "flops_per_token": flops_per_token(cfg, padded),
+                    "zero_stage": cfg.parallel.zero_stage, "padded_vocab_size": padded,
+                    "objective": cfg.objective.type, "resumed": state.step > 0,
+                    "flops_per_token": flops_per_token(cfg, padded),
                     "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
-    loop = _Loop(cfg, engine, data, val, plan, layout, logger, manifest, run_dir)
+    loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir)
     try:
         return loop.run(state)
     finally:
@@ -145,25 +114,20 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
 
 
 class _Loop:
-    def __init__(self, cfg, engine, data, val, plan: RunPlan, layout, logger, manifest, run_dir):
+    def __init__(self, cfg, runner, data, val, plan: RunPlan, layout, logger, run_dir):
         from megadlm.model.build import flops_per_token
 
-        self.cfg, self.engine, self.data, self.val, self.plan = cfg, engine, data, val, plan
-        self.layout, self.logger, self.manifest, self.run_dir = layout, logger, manifest, run_dir
-        self.device = pdist.device()
+        self.cfg, self.runner, self.engine, self.data, self.val = cfg, runner, runner.engine, data, val
+        self.plan, self.layout, self.logger, self.run_dir = plan, layout, logger, run_dir
         self.flops_per_token = flops_per_token(cfg, plan.padded_vocab_size)
         self.peak_tflops = detect_peak_tflops(cfg)
-        self.dp_group = pdist.data_parallel_group()
 
     def epoch_of(self, consumed: int) -> float:
         return consumed / self.plan.epoch_samples
 
-    def forward(self, tokens, sample_ids, epoch, train: bool, seed: int):
-        batch = make_batch(self.cfg.objective, tokens, sample_ids, epoch, seed, self.plan.mask_id,
-                           self.cfg.data.seq_len, train=train, length_multiple=self.layout.tp).to(self.device)
-        positions = torch.arange(batch.inputs.size(1), device=self.device).unsqueeze(0).expand_as(batch.inputs)
-        token_ce = self.engine(batch.inputs, positions, None, labels=batch.labels)
-        return weighted_loss(token_ce, batch)
+    def objective_batch(self, tokens, sample_ids, epoch, train: bool, seed: int):
+        return make_batch(self.cfg.objective, tokens, sample_ids, epoch, seed, self.plan.mask_id,
+                          self.cfg.data.seq_len, train=train, length_multiple=self.layout.tp)
 
     def run(self, state: ckpt.TrainState) -> dict:
         cfg, plan = self.cfg, self.plan
@@ -175,23 +139,19 @@ class _Loop:
             lr = lr_at(state.step, plan.total_steps, cfg.schedule, cfg.optim)
             for group in self.engine.optimizer.param_groups:
                 group["lr"] = lr
-            sums = torch.zeros(4, dtype=torch.float64)  # loss, masked CE sum, masked count, micro-batches
             epoch_index = state.consumed_samples // plan.epoch_samples
-            for _ in range(plan.grad_accum):
-                batch = next(batches)
-                parts = self.forward(batch.tokens, batch.sample_ids, batch.epoch, True, cfg.run.seed)
-                self._stop_if_not_finite(parts.loss, state.step)
-                self.engine.backward(parts.loss)
-                self.engine.step()
-                sums += torch.tensor([parts.loss.item(), parts.masked_ce_sum.item(),
-                                      parts.masked_count.item(), 1.0], dtype=torch.float64)
+            # Every rank pulls its micro-batches, middle pipeline stages included: streaming's
+            # barriers need all ranks to iterate.
+            micro = [next(batches) for _ in range(plan.grad_accum)]
+            result = self.runner.train_step(
+                [self.objective_batch(b.tokens, b.sample_ids, b.epoch, True, cfg.run.seed) for b in micro],
+                state.step + 1)
             self._stop_if_grad_norm_not_finite(state.step)
-            loss_sum, masked_sum, masked_count, micro = pdist.all_reduce_sum(sums.tolist(), self.dp_group)
             state.step += 1
             state.consumed_samples += cfg.schedule.global_batch_size
             state.tokens_seen += cfg.schedule.global_batch_size * cfg.data.seq_len
             elapsed = time.perf_counter() - t0
-            record = self._train_record(state, lr, loss_sum / micro, masked_sum, masked_count, elapsed, epoch_index)
+            record = self._train_record(state, lr, result, elapsed, epoch_index)
             if state.step % cfg.logging.log_interval == 0 or state.step == plan.total_steps:
                 self.logger.log(record)
             postfix = {"loss": record["loss"], "epoch": f"{record['epoch']:.2f}"}
@@ -205,21 +165,11 @@ class _Loop:
         stopped_early = state.step < plan.total_steps
         if (cfg.checkpoint.save_final or stopped_early) and ckpt.latest_tag(self.run_dir) != f"step_{state.step:08d}":
             ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
-        summary = {"kind": "summary", "step": state.step, "finished": not stopped_early, "epoch": self.epoch_of(state.consumed_samples),
+        summary = {"kind": "summary", "step": state.step, "finished": not stopped_early,
+                   "epoch": self.epoch_of(state.consumed_samples),
                    "tokens_seen": state.tokens_seen, "final_val": last_val}
         self.logger.log(summary)
         return summary
-
-    def _stop_if_not_finite(self, loss: torch.Tensor, step: int) -> None:
-        # Agree across all ranks before anything is applied, so no rank steps or saves a NaN.
-        flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.device)
-        if dist.get_world_size() > 1:
-            dist.all_reduce(flag)
-        if flag.item() > 0:
-            raise TrainingError(
-                f"loss is NaN/inf at step {step + 1} (lr={self.engine.optimizer.param_groups[0]['lr']:.3g}): "
-                f"the step was not applied and no checkpoint was written. Lower optim.lr, check the data, "
-                f"or resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
 
     def _stop_if_grad_norm_not_finite(self, step: int) -> None:
         # fp32/bf16 DeepSpeed applies an inf/NaN gradient instead of skipping it (only fp16 loss
@@ -232,20 +182,20 @@ class _Loop:
                 f"so the run stops and no checkpoint was written for this step. Lower optim.lr or set "
                 f"optim.grad_clip, then resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
 
-    def _train_record(self, state, lr, loss, masked_sum, masked_count, elapsed, epoch_index) -> dict:
+    def _train_record(self, state, lr, result, elapsed, epoch_index) -> dict:
         tokens = self.cfg.schedule.global_batch_size * self.cfg.data.seq_len
         tokens_per_s = tokens / elapsed if elapsed > 0 else float("nan")
         grad_norm = self.engine.get_global_grad_norm()
         tflops = self.flops_per_token * tokens_per_s / 1e12
         record = {"kind": "train", "step": state.step, "epoch": self.epoch_of(state.consumed_samples),
-                  "repetition": epoch_index + 1, "loss": loss, "lr": lr,
+                  "repetition": epoch_index + 1, "loss": result.loss, "lr": lr,
                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
                   "tokens_seen": state.tokens_seen, "consumed_samples": state.consumed_samples,
                   "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
                   "tflops_per_device": tflops / self.layout.world_size,
                   "mfu": (tflops / self.layout.world_size / self.peak_tflops) if self.peak_tflops else None}
-        if self.cfg.objective.type == "mdm" or masked_count > 0:
-            record["masked_ce"] = masked_sum / masked_count if masked_count else None
+        if self.cfg.objective.type == "mdm" or result.masked_count > 0:
+            record["masked_ce"] = result.masked_ce_sum / result.masked_count if result.masked_count else None
         return record
 
     def _eval_due(self, step: int) -> bool:

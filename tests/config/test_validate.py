@@ -92,7 +92,8 @@ def test_world_size_not_divisible_by_model_parallel():
         ({"tp": 0}, ["parallel.tp"]),
         ({"zero_stage": 4}, ["parallel.zero_stage", "0, 1, 2 or 3"]),
         ({"precision": "fp16"}, ["parallel.precision", "auto, fp32, bf16"]),
-        ({"pp": 2}, ["pipeline parallelism is not supported yet", "parallel.pp=1"]),
+        ({"pp": 2, "zero_stage": 0}, ["zero_stage=0 with parallel.pp=2", "gradient norm", "zero_stage=1"]),
+        ({"pp": 4}, ["model.num_layers=6 is not divisible by parallel.pp=4", "[1, 2, 3, 6]"]),
     ],
 )
 def test_parallel_refusals(parallel, words):
@@ -101,10 +102,20 @@ def test_parallel_refusals(parallel, words):
         assert w in msg
 
 
-def test_zero_stage_2_with_pp_refused():
-    msg = error_of(tiny(parallel={"pp": 2, "zero_stage": 2}), world_size=2)
-    assert "DeepSpeed" in msg and "parallel.zero_stage=1" in msg
-    assert "2 problems" in msg  # pp itself is also refused; both are reported together
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stage_2_and_3_with_pp_refused(stage):
+    msg = error_of(tiny(parallel={"pp": 2, "zero_stage": stage}), world_size=2)
+    assert f"parallel.zero_stage={stage} with parallel.pp=2" in msg
+    assert "DeepSpeed refuses" in msg and "parallel.zero_stage=1" in msg
+
+
+def test_pipeline_with_zero1_is_accepted():
+    validate_config(tiny(parallel={"pp": 2, "tp": 2, "zero_stage": 1}), world_size=8)
+
+
+def test_random_length_truncation_refused_with_pp():
+    msg = error_of(tiny(parallel={"pp": 2}, objective={"random_length_prob": 0.01}), world_size=2)
+    assert "objective.random_length_prob" in msg and "fixed-shape" in msg
 
 
 def test_heads_and_groups_divisible_by_tp():
@@ -232,7 +243,9 @@ def test_several_problems_reported_together():
 
 @pytest.mark.parametrize(
     "vocab, div, tp, expected",
-    [(258, 128, 1, 384), (256, 128, 1, 256), (258, 128, 2, 512), (151669, 128, 1, 151680), (1, 1, 1, 1)],
+    [(258, 128, 1, 384), (256, 128, 1, 256), (258, 128, 2, 384), (258, 128, 8, 384), (400, 128, 3, 768),
+     (151669, 128, 1, 151680), (1, 1, 1, 1)],
 )
 def test_padded_vocab_size(vocab, div, tp, expected):
-    assert padded_vocab_size(vocab, div, tp) == expected
+    padded = padded_vocab_size(vocab, div, tp)
+    assert padded == expected and padded % tp == 0  # every TP rank gets an equal shard
