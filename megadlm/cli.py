@@ -57,6 +57,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of both demo runs' configs (repeatable)")
 
+    p = sub.add_parser("plan", help="per-GPU memory, fit and step-time estimate for a cluster layout",
+                       description="Estimate per-GPU memory (parameters, gradients, optimizer state by "
+                                   "ZeRO stage/TP/PP, activations) and step time for CONFIG on N nodes x G GPUs.")
+    _add_config_arguments(p)
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--gpus-per-node", type=int, required=True)
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (default 80)")
+    p.add_argument("--vocab", type=int, help="tokenizer vocabulary (default: model.vocab_size or the "
+                                              "data manifest)")
+    p.add_argument("--mfu", type=float, default=0.40, help="assumed MFU for the step time (default 0.40)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="per-GPU peak (default H100 bf16 989)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
                        description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
     p.add_argument("runs", nargs="+", help="run directories")
@@ -113,6 +127,30 @@ def _cmd_demo(args) -> int:
                     overrides=args.overrides)
 
 
+def _cmd_plan(args) -> int:
+    import json
+
+    from megadlm.config.loader import load_config
+    from megadlm.config.validate import validate_config
+    from megadlm.errors import ConfigError
+    from megadlm.plan import format_plan, make_plan, plan_dict
+
+    cfg = load_config(args.config, args.overrides)
+    validate_config(cfg, world_size=args.nodes * args.gpus_per_node)
+    vocab = args.vocab or cfg.model.vocab_size
+    if vocab is None and cfg.data.path:
+        from megadlm.data.prepare import load_manifest
+
+        vocab = int(load_manifest(cfg.data.path)["vocab_size"])
+    if vocab is None:
+        raise ConfigError("the vocabulary size is unknown: pass --vocab N, set model.vocab_size, "
+                          "or set data.path to prepared data")
+    plan = make_plan(cfg, vocab, args.nodes, args.gpus_per_node, args.gpu_mem, args.mfu, args.peak_tflops,
+                     args.precision)
+    print(json.dumps(plan_dict(plan)) if args.json else format_plan(plan, args.config))
+    return 0
+
+
 def _cmd_report(args) -> int:
     from megadlm.report import write_report
 
@@ -121,7 +159,7 @@ def _cmd_report(args) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare, "demo": _cmd_demo,
-            "report": _cmd_report}
+            "plan": _cmd_plan, "report": _cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

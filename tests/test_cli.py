@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import REPO, TINY, megadlm_env, run_cli, sets
 
-COMMANDS = ["prepare", "train", "config", "demo", "report"]
+COMMANDS = ["prepare", "train", "config", "demo", "plan", "report"]
 
 
 def test_help_is_fast_and_imports_no_torch():

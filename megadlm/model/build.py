@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from megadlm.config.schema import Config
+from megadlm.model.inventory import count_parameters
 
 
 def _keep_uninitialised(weight: torch.Tensor) -> None:
@@ -96,28 +97,6 @@ def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
     if m.activation_checkpointing:
         checkpoint_layer_activations(model)
     return model.to(device())
-
-
-def count_parameters(cfg: Config, vocab_size: int) -> dict[str, int]:
-    """Exact parameter counts of the full (unsharded) model, from the config alone."""
-    m = cfg.model
-    h, f, layers = m.hidden_size, m.ffn_hidden_size, m.num_layers
-    heads = m.num_attention_heads
-    groups = m.num_query_groups or heads
-    head_dim = m.kv_channels or h // heads
-    bias = m.add_bias_linear
-    norm = h * (2 if m.normalization == "LayerNorm" else 1)
-    qkv = h * head_dim * (heads + 2 * groups) + (head_dim * (heads + 2 * groups) if bias else 0)
-    proj = heads * head_dim * h + (h if bias else 0)
-    fc1_out = 2 * f if m.activation == "swiglu" else f
-    mlp = h * fc1_out + (fc1_out if bias else 0) + f * h + (h if bias else 0)
-    qk_norm = 2 * head_dim * (2 if m.normalization == "LayerNorm" else 1) if m.qk_layernorm else 0
-    per_layer = qkv + proj + mlp + 2 * norm + qk_norm
-    embedding = vocab_size * h + (cfg.data.seq_len * h if m.position_embedding == "learned_absolute" else 0)
-    output = 0 if m.tie_embeddings else vocab_size * h
-    non_embedding = layers * per_layer + norm
-    return {"non_embedding": non_embedding, "embedding": embedding, "output": output,
-            "total": non_embedding + embedding + output}
 
 
 def flops_per_token(cfg: Config, vocab_size: int) -> float:

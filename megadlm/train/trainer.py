@@ -24,6 +24,7 @@ from megadlm.objectives import make_batch
 from megadlm.parallel import distributed as pdist
 from megadlm.train import checkpoint as ckpt
 from megadlm.train.evaluate import validate
+from megadlm.train.memory import live_tensor_bytes
 from megadlm.train.metrics import MetricsLogger, detect_peak_tflops
 from megadlm.train.schedule import lr_at
 
@@ -82,6 +83,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
     padded = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, layout.tp)
     grad_accum = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * layout.dp)
     bf16 = compute_dtype(cfg.parallel.precision) == torch.bfloat16
+    tensor_bytes_before = live_tensor_bytes() if layout.is_main else 0
     runner = build_runner(cfg, padded, layout, grad_accum, bf16)
     # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
     torch.manual_seed(cfg.run.seed + 1 + 1000 * layout.dp_rank + 100_000 * layout.pp_rank)
@@ -107,6 +109,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
                     "flops_per_token": flops_per_token(cfg, padded),
                     "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
     loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir)
+    loop.tensor_bytes_before = tensor_bytes_before
     try:
         return loop.run(state)
     finally:
@@ -121,6 +124,8 @@ class _Loop:
         self.plan, self.layout, self.logger, self.run_dir = plan, layout, logger, run_dir
         self.flops_per_token = flops_per_token(cfg, plan.padded_vocab_size)
         self.peak_tflops = detect_peak_tflops(cfg)
+        self.tensor_bytes_before = 0
+        self.model_state_logged = False
 
     def epoch_of(self, consumed: int) -> float:
         return consumed / self.plan.epoch_samples
@@ -152,6 +157,12 @@ class _Loop:
             state.tokens_seen += cfg.schedule.global_batch_size * cfg.data.seq_len
             elapsed = time.perf_counter() - t0
             record = self._train_record(state, lr, result, elapsed, epoch_index)
+            if not self.model_state_logged and self.layout.is_main:
+                # Measured once, between steps: what rank 0 holds for parameters and optimizer state
+                # (what `megadlm plan` estimates as model state).
+                del micro, result
+                record["model_state_bytes_rank0"] = live_tensor_bytes() - self.tensor_bytes_before
+                self.model_state_logged = True
             if state.step % cfg.logging.log_interval == 0 or state.step == plan.total_steps:
                 self.logger.log(record)
             postfix = {"loss": record["loss"], "epoch": f"{record['epoch']:.2f}"}

@@ -47,15 +47,22 @@ def logits(model, ids):
     return out
 
 
-def test_parameter_count_formula_is_exact():
-    from megadlm.model.build import count_parameters
+def test_parameter_inventory_matches_the_built_model_tensor_by_tensor():
+    from megadlm.model.inventory import count_parameters, parameter_inventory
 
     for overrides in ([], ["model.tie_embeddings=false"], ["model.position_embedding=learned_absolute",
                       "model.normalization=LayerNorm", "model.add_bias_linear=true", "model.activation=gelu"],
                       ["model.kv_channels=32", "model.num_query_groups=1"]):
         cfg = load_config("tiny_ar", ["model.num_layers=2", "data.seq_len=16", *overrides])
         model = build(cfg)
-        assert sum(p.numel() for p in model.parameters()) == count_parameters(cfg, 384)["total"], overrides
+        built = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        listed = {p.name: p.shape for p in parameter_inventory(cfg, 384)}
+        assert built == listed, overrides
+        assert sum(p.numel() for p in model.parameters()) == count_parameters(cfg, 384)["total"]
+        for spec in parameter_inventory(cfg, 384):  # the TP dimension is megatron's
+            param = dict(model.named_parameters())[spec.name]
+            sharded = getattr(param, "tensor_model_parallel", False)
+            assert (param.partition_dim if sharded else None) == spec.tp_dim, spec.name
 
 
 def test_qwen3_shape_per_layer_matches_the_built_layers():
