@@ -1,0 +1,33 @@
+"""The benchmark scripts keep working: each runs its real code path in a tiny CPU mode."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, megadlm_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_gpu_tiny_mode_runs_every_shape_and_objective(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "tools/bench_gpu.py", "--tiny", "--steps", "2", "--warmup", "1",
+                           "--out", str(out)], cwd=REPO, env=megadlm_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["matmul_ceiling_tflops"] > 0
+    runs = {(r["shape"], r["objective"]) for r in result["results"]}
+    assert runs == {(s, o) for s in ("presets/qwen3-0.6b", "presets/qwen3-1.7b") for o in ("mdm", "ar")}
+    for r in result["results"]:
+        assert r["tokens_per_s"] > 0 and r["tflops"] > 0 and 0 < r["mfu"] < 1 and r["loss"] > 0
+    assert "MFU" in proc.stdout and "matmul ceiling" in proc.stdout
+
+
+def test_bench_step_quick_mode(tmp_path):
+    proc = subprocess.run([sys.executable, "tools/bench_step.py", "--quick", "--steps", "6", "--warmup", "2"],
+                          cwd=REPO, env=megadlm_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
+    assert result["step_time_ratio"] > 0 and result["loader_over_trainer"] > 0
