@@ -12,11 +12,15 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def train_records(run: str) -> dict[int, dict]:
-    path = Path(run) / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r for r in records if r.get("kind") == "train"}
+    from megadlm.train.metrics import read_metrics
+
+    if not (Path(run) / "metrics.jsonl").exists():
+        raise SystemExit(f"{run} has no metrics.jsonl")
+    return {r["step"]: r for r in read_metrics(run) if r.get("kind") == "train"}
 
 
 def main(argv: list[str]) -> int:

@@ -137,7 +137,8 @@ class RunConfig:
     # Stop (and checkpoint) once this step is reached without changing the schedule: for
     # time-sliced jobs. Re-running the same run directory continues to schedule.max_steps.
     stop_at_step: Optional[int] = None
-    # What a NaN/inf loss does: "stop" exits non-zero before the step is applied or saved.
+    # What a NaN/inf loss does: "stop" exits non-zero (code 3) before the step is saved; without
+    # pipeline parallelism also before it is applied.
     on_nan: str = "stop"
 
 

@@ -251,13 +251,8 @@ def _check_schedule(cfg: Config, world_size: int, report: Report) -> None:
 
 def _check_data(cfg: Config, report: Report) -> None:
     d = cfg.data
-    if _at_least("data.seq_len", d.seq_len, 1, report):
-        tp = cfg.parallel.tp
-        if _is_int(tp) and tp >= 1 and d.seq_len % tp:
-            report(
-                f"data.seq_len={d.seq_len} is not divisible by parallel.tp={tp} (sequence parallelism "
-                "splits the sequence across TP ranks): change data.seq_len or parallel.tp"
-            )
+    # No divisibility by TP needed: sequence parallelism (which would split the sequence) is off.
+    _at_least("data.seq_len", d.seq_len, 1, report)
     if not (_is_num(d.epochs) and d.epochs > 0):
         report(f"data.epochs={d.epochs!r} must be a number > 0")
     if d.unique_tokens is not None and not (_is_int(d.unique_tokens) and d.unique_tokens > 0):

@@ -79,15 +79,13 @@ def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     from megadlm.model.init import init_by_name
-    from megadlm.model.layers import layer_spec
+    from megadlm.model.layers import project_layer_spec
     from megadlm.model.rope import make_rope_device_agnostic
     from megadlm.parallel.distributed import device
 
     m = cfg.model
-    spec = layer_spec(bidirectional=cfg.objective.type == "mdm", qk_layernorm=m.qk_layernorm,
-                      normalization=m.normalization, mlp_dropout=cfg.objective.mlp_dropout)
     model = GPTModel(
-        config=transformer_config(cfg), transformer_layer_spec=spec, vocab_size=vocab_size,
+        config=transformer_config(cfg), transformer_layer_spec=project_layer_spec(cfg), vocab_size=vocab_size,
         max_sequence_length=cfg.data.seq_len, pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=m.tie_embeddings,

@@ -52,3 +52,10 @@ def layer_spec(*, bidirectional: bool, qk_layernorm: bool, normalization: str,
     if mlp_dropout > 0.0:
         spec.submodules.mlp_bda = mlp_branch_bias_dropout_add(mlp_dropout)
     return spec
+
+
+def project_layer_spec(cfg) -> ModuleSpec:
+    """The layer spec a run's config asks for (attention direction from the objective)."""
+    m = cfg.model
+    return layer_spec(bidirectional=cfg.objective.type == "mdm", qk_layernorm=m.qk_layernorm,
+                      normalization=m.normalization, mlp_dropout=cfg.objective.mlp_dropout)

@@ -10,7 +10,8 @@ data-parallel ranks reproduces the global-batch normalisation exactly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 
@@ -22,10 +23,23 @@ class ObjectiveBatch:
     weights: torch.Tensor  # [b, s] float weights of each token's CE in the loss
     masked: torch.Tensor  # [b, s] bool: tokens that were corrupted (MDM masks / AR token dropout)
     denominator: float
+    # [b] bool, None = all rows real. Padding rows (validation only) have zero weight and count no tokens.
+    row_valid: Optional[torch.Tensor] = None
+
+    @property
+    def scored_tokens(self) -> int:
+        rows = self.inputs.size(0) if self.row_valid is None else int(self.row_valid.sum())
+        return rows * self.inputs.size(1)
 
     def to(self, device) -> "ObjectiveBatch":
-        return ObjectiveBatch(self.inputs.to(device), self.labels.to(device), self.weights.to(device),
-                              self.masked.to(device), self.denominator)
+        return replace(self, inputs=self.inputs.to(device), labels=self.labels.to(device),
+                       weights=self.weights.to(device), masked=self.masked.to(device))
+
+    def with_padding_rows(self, real_rows: int) -> "ObjectiveBatch":
+        """Mark rows from `real_rows` on as padding: no weight, no masked tokens, no token count."""
+        valid = torch.arange(self.inputs.size(0)) < real_rows
+        return replace(self, weights=self.weights * valid[:, None], masked=self.masked & valid[:, None],
+                       row_valid=valid)
 
 
 @dataclass
@@ -44,4 +58,4 @@ def weighted_loss(token_ce: torch.Tensor, batch: ObjectiveBatch) -> LossParts:
         masked = batch.masked.to(token_ce.dtype)
         masked_ce = (token_ce.detach() * masked).sum()
     return LossParts(loss=weighted / batch.denominator, weighted_sum=weighted.detach(),
-                     masked_ce_sum=masked_ce, masked_count=masked.sum(), tokens=batch.inputs.numel())
+                     masked_ce_sum=masked_ce, masked_count=masked.sum(), tokens=batch.scored_tokens)

@@ -12,6 +12,8 @@ _MASK64 = (1 << 64) - 1
 
 # Purposes keep independent draws apart (the MDM time t and the per-token noise must not coincide).
 TIME, TOKENS, LENGTH, RATE = 1, 2, 3, 4
+# Seeds the torch generator that dropout draws from (per data-parallel replica and pipeline stage).
+DROPOUT_STREAM = 5
 
 
 def _splitmix64(x: int) -> int:

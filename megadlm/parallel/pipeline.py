@@ -28,7 +28,7 @@ class PipelineLoss:
     """
 
     def __init__(self):
-        self.sums = torch.zeros(4, dtype=torch.float64)
+        self.reset()
 
     def reset(self) -> None:
         self.sums = torch.zeros(4, dtype=torch.float64)
@@ -51,14 +51,13 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
 
     from megadlm.model.init import init_by_name
     from megadlm.model.build import transformer_config
-    from megadlm.model.layers import layer_spec
+    from megadlm.model.layers import project_layer_spec
     from megadlm.model.stages import (EmbeddingStage, FinalNormStage, OutputStage, TransformerLayerStage,
                                       tied_output_logits)
 
     m = cfg.model
     config = transformer_config(cfg)
-    spec = layer_spec(bidirectional=cfg.objective.type == "mdm", qk_layernorm=m.qk_layernorm,
-                      normalization=m.normalization, mlp_dropout=cfg.objective.mlp_dropout)
+    spec = project_layer_spec(cfg)
     embed_args = (config, vocab_size, cfg.data.seq_len, m.position_embedding)
     tied_attr = "embedding.word_embeddings.weight"
     layers = [TiedLayerSpec("embed", EmbeddingStage, *embed_args, tied_weight_attr=tied_attr)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megadlm.errors import TrainingError
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -53,17 +55,24 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, run_dir: str, state: TrainState, keep_last: int, extra: dict | None = None) -> str:
+def save(engine, run_dir: str, state: TrainState, keep_last: int) -> str:
     tag = f"step_{state.step:08d}"
     root = checkpoint_root(run_dir)
-    engine.save_checkpoint(root, tag=tag, client_state={"train_state": asdict(state), **(extra or {})})
+    engine.save_checkpoint(root, tag=tag, client_state={"train_state": asdict(state)}, save_latest=False)
     # DeepSpeed does not save RNG state; dropout and attention dropout need it for an exact resume.
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save(_rng_state(), os.path.join(root, tag, f"rng_rank{rank:05d}.pt"))
     if dist.is_initialized():
         dist.barrier()
-    if rank == 0 and keep_last > 0:
-        _prune(root, keep_last)
+    if rank == 0:
+        # `latest` moves only once every rank has written everything of this tag.
+        with open(os.path.join(root, "latest.tmp"), "w") as f:
+            f.write(tag)
+        os.replace(os.path.join(root, "latest.tmp"), os.path.join(root, "latest"))
+        if keep_last > 0:
+            _prune(root, keep_last)
+    if dist.is_initialized():
+        dist.barrier()
     return tag
 
 
@@ -73,14 +82,17 @@ def _prune(root: str, keep_last: int) -> None:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
-def load(engine, run_dir: str, tag: str | None = None) -> TrainState:
-    """Restore engine, RNG and counters from `tag` (default: the newest). Returns the train state."""
+def load(engine, run_dir: str) -> TrainState:
+    """Restore engine, RNG and counters from the newest checkpoint. Returns the train state."""
     root = checkpoint_root(run_dir)
+    tag = latest_tag(run_dir)
     path, client = engine.load_checkpoint(root, tag=tag)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint could be loaded from {root}")
+    if path is None or "train_state" not in (client or {}):
+        raise TrainingError(f"checkpoint {os.path.join(root, str(tag))} could not be loaded as a megadlm "
+                            f"checkpoint of this model and layout (see DeepSpeed's message above): resume "
+                            f"with the layout it was saved with, or start a new --run-dir")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    rng_file = os.path.join(root, tag or latest_tag(run_dir), f"rng_rank{rank:05d}.pt")
+    rng_file = os.path.join(root, tag, f"rng_rank{rank:05d}.pt")
     if os.path.exists(rng_file):  # absent when resuming with more ranks than were saved
         _set_rng_state(torch.load(rng_file, weights_only=False))
     return TrainState(**client["train_state"])

@@ -45,6 +45,7 @@ class MetricsLogger:
         self.wandb_run = None
         if not enabled:
             return
+        _truncate_after(self.path, start_step)
         self.file = open(self.path, "a", buffering=1)
         if cfg.logging.progress_bar:
             from tqdm import tqdm
@@ -96,6 +97,20 @@ def _start_wandb(cfg: Config, run_dir: str, resolved_config: dict):
     return wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.wandb_name or cfg.run.name,
                       mode=cfg.logging.wandb_mode, dir=wandb_dir, config=resolved_config,
                       settings=wandb.Settings(x_disable_stats=True, console="off"))
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their old records so every step
+    appears once (the file is rewritten atomically)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
 
 def read_metrics(run_dir: str) -> list[dict]:

@@ -87,20 +87,25 @@ class EngineRunner:
         return weighted_loss(token_ce, batch)
 
     def train_step(self, batches: list[ObjectiveBatch], step: int) -> StepResult:
-        sums = torch.zeros(3, dtype=torch.float64)
-        for batch in batches:
+        # Sums stay on the device (one host sync per step, not per micro-batch):
+        # loss, masked CE, masked count, non-finite losses.
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for index, batch in enumerate(batches):
             parts = self._forward(batch)
-            # Agree across all ranks before anything is applied, so no rank steps or saves a NaN.
-            bad = torch.tensor([0.0 if torch.isfinite(parts.loss.detach()) else 1.0], device=self.device)
-            if dist.get_world_size() > 1:
-                dist.all_reduce(bad)
-            if bad.item() > 0:
-                raise _nonfinite_loss(step, applied=False)
+            loss = parts.loss.detach().double()
+            sums += torch.stack([loss, parts.masked_ce_sum.double(), parts.masked_count.double(),
+                                 (~torch.isfinite(loss)).double()])
             self.engine.backward(parts.loss)
+            if index == len(batches) - 1:
+                # The last engine.step() applies the update: all ranks agree first, so no rank
+                # applies (or later saves) a step that saw a NaN/inf loss anywhere.
+                bad = sums[3:].clone()
+                if dist.get_world_size() > 1:
+                    dist.all_reduce(bad)
+                if bad.item() > 0:
+                    raise _nonfinite_loss(step, applied=False)
             self.engine.step()
-            sums += torch.tensor([parts.loss.item(), parts.masked_ce_sum.item(), parts.masked_count.item()],
-                                 dtype=torch.float64)
-        loss, masked_ce, masked = pdist.all_reduce_sum(sums.tolist(), self.dp_group)
+        loss, masked_ce, masked, _ = pdist.all_reduce_sum(sums.tolist(), self.dp_group)
         dp = dist.get_world_size(self.dp_group)
         return StepResult(loss / (len(batches) * dp), masked_ce, masked)
 
@@ -131,13 +136,13 @@ class PipelineRunner:
             model=module, model_parameters=parameter_groups(module, cfg.optim.weight_decay),
             config=deepspeed_config(cfg, grad_accum, bf16))
         self.layout = layout
-        self.micro_batch = cfg.schedule.micro_batch_size
         # Rank that reports the last stage's sums: TP rank 0 of the last stage of each replica.
         self.reporter = layout.pp_rank == layout.pp - 1 and layout.tp_rank == 0
 
     @staticmethod
     def _as_pipe_batch(batch: ObjectiveBatch):
-        valid = torch.ones(batch.labels.shape, dtype=torch.float32)
+        rows = torch.ones(batch.labels.size(0)) if batch.row_valid is None else batch.row_valid.float()
+        valid = rows[:, None].expand(batch.labels.shape).contiguous()
         return batch.inputs, (batch.labels, batch.weights, batch.masked.float(), valid)
 
     def _reported_sums(self) -> list[float]:
@@ -154,33 +159,13 @@ class PipelineRunner:
         return StepResult(loss, masked_ce, masked)
 
     def evaluate(self, batches: list[ObjectiveBatch]) -> EvalSums:
-        """Every rank must make the same eval_batch call: pad to the same number of full-size
-        micro-batches everywhere (padding rows have zero weight and count no tokens)."""
-        count = torch.tensor([float(len(batches))], device=pdist.device())
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        pipe_batches = [self._padded(b) for b in batches]
-        while len(pipe_batches) < int(count.item()):
-            pipe_batches.append(self._empty_like(pipe_batches[0] if pipe_batches else None))
+        """`batches` are full-size and equally many on every rank (evaluate.validate pads them)."""
         self.loss_fn.reset()
-        if pipe_batches:
-            self.engine.eval_batch(data_iter=iter(pipe_batches), num_micro_batches=len(pipe_batches))
+        if batches:
+            self.engine.eval_batch(data_iter=iter([self._as_pipe_batch(b) for b in batches]),
+                                   num_micro_batches=len(batches))
         weighted, masked_ce, masked, tokens = self._reported_sums()
         return EvalSums(weighted, tokens, masked_ce, masked)
-
-    def _padded(self, batch: ObjectiveBatch):
-        ids, (labels, weights, masked, valid) = self._as_pipe_batch(batch)
-        missing = self.micro_batch - ids.size(0)
-        if missing == 0:
-            return ids, (labels, weights, masked, valid)
-        pad = lambda t: torch.cat([t, torch.zeros((missing, *t.shape[1:]), dtype=t.dtype)])  # noqa: E731
-        return pad(ids), (pad(labels), pad(weights), pad(masked), pad(valid))
-
-    def _empty_like(self, template):
-        if template is None:
-            raise TrainingError("this rank has no validation data while others do: "
-                                "raise data.val_max_samples or lower the data-parallel size")
-        ids, labels = template
-        return torch.zeros_like(ids), tuple(torch.zeros_like(t) for t in labels)
 
 
 def build_runner(cfg: Config, padded_vocab: int, layout: pdist.Layout, grad_accum: int, bf16: bool):

@@ -21,6 +21,7 @@ from megadlm.data.prepare import load_manifest
 from megadlm.data.tokenizer import tokenizer_from_manifest
 from megadlm.errors import TrainingError
 from megadlm.objectives import make_batch
+from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
 from megadlm.parallel import distributed as pdist
 from megadlm.train import checkpoint as ckpt
 from megadlm.train.evaluate import validate
@@ -83,10 +84,10 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
     padded = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, layout.tp)
     grad_accum = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * layout.dp)
     bf16 = compute_dtype(cfg.parallel.precision) == torch.bfloat16
-    tensor_bytes_before = live_tensor_bytes() if layout.is_main else 0
+    tensor_bytes_before = live_tensor_bytes(pdist.device().type) if layout.is_main else 0
     runner = build_runner(cfg, padded, layout, grad_accum, bf16)
     # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
-    torch.manual_seed(cfg.run.seed + 1 + 1000 * layout.dp_rank + 100_000 * layout.pp_rank)
+    torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, layout.dp_rank, layout.pp_rank))
 
     data = TrainData(cfg, manifest, run_dir, replication=layout.tp * layout.pp, seed=cfg.run.seed)
     val = ValData(cfg, manifest, run_dir, layout.dp_rank, layout.dp)
@@ -108,8 +109,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
                     "objective": cfg.objective.type, "resumed": state.step > 0,
                     "flops_per_token": flops_per_token(cfg, padded),
                     "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
-    loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir)
-    loop.tensor_bytes_before = tensor_bytes_before
+    loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir, tensor_bytes_before)
     try:
         return loop.run(state)
     finally:
@@ -117,14 +117,14 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
 
 
 class _Loop:
-    def __init__(self, cfg, runner, data, val, plan: RunPlan, layout, logger, run_dir):
+    def __init__(self, cfg, runner, data, val, plan: RunPlan, layout, logger, run_dir, tensor_bytes_before: int):
         from megadlm.model.build import flops_per_token
 
         self.cfg, self.runner, self.engine, self.data, self.val = cfg, runner, runner.engine, data, val
         self.plan, self.layout, self.logger, self.run_dir = plan, layout, logger, run_dir
         self.flops_per_token = flops_per_token(cfg, plan.padded_vocab_size)
         self.peak_tflops = detect_peak_tflops(cfg)
-        self.tensor_bytes_before = 0
+        self.tensor_bytes_before = tensor_bytes_before
         self.model_state_logged = False
 
     def epoch_of(self, consumed: int) -> float:
@@ -132,7 +132,7 @@ class _Loop:
 
     def objective_batch(self, tokens, sample_ids, epoch, train: bool, seed: int):
         return make_batch(self.cfg.objective, tokens, sample_ids, epoch, seed, self.plan.mask_id,
-                          self.cfg.data.seq_len, train=train, length_multiple=self.layout.tp)
+                          self.cfg.data.seq_len, train=train)
 
     def run(self, state: ckpt.TrainState) -> dict:
         cfg, plan = self.cfg, self.plan
@@ -161,7 +161,8 @@ class _Loop:
                 # Measured once, between steps: what rank 0 holds for parameters and optimizer state
                 # (what `megadlm plan` estimates as model state).
                 del micro, result
-                record["model_state_bytes_rank0"] = live_tensor_bytes() - self.tensor_bytes_before
+                record["model_state_bytes_rank0"] = (live_tensor_bytes(pdist.device().type)
+                                                     - self.tensor_bytes_before)
                 self.model_state_logged = True
             if state.step % cfg.logging.log_interval == 0 or state.step == plan.total_steps:
                 self.logger.log(record)
@@ -183,15 +184,15 @@ class _Loop:
         return summary
 
     def _stop_if_grad_norm_not_finite(self, step: int) -> None:
-        # fp32/bf16 DeepSpeed applies an inf/NaN gradient instead of skipping it (only fp16 loss
-        # scaling skips). The norm is already all-reduced, so every rank stops here together,
+        # Depending on the ZeRO stage DeepSpeed skips or applies an inf/NaN gradient; either way the
+        # run has diverged. The norm is already all-reduced, so every rank stops here together,
         # before this step can be saved.
         norm = self.engine.get_global_grad_norm()
         if norm is not None and not math.isfinite(float(norm)):
             raise TrainingError(
-                f"gradient norm is {float(norm)} at step {step + 1}: the weights are no longer usable, "
-                f"so the run stops and no checkpoint was written for this step. Lower optim.lr or set "
-                f"optim.grad_clip, then resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
+                f"gradient norm is {float(norm)} at step {step + 1}: training has diverged, so the run stops "
+                f"and no checkpoint was written for this step. Lower optim.lr or set optim.grad_clip, then "
+                f"resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
 
     def _train_record(self, state, lr, result, elapsed, epoch_index) -> dict:
         tokens = self.cfg.schedule.global_batch_size * self.cfg.data.seq_len
