@@ -40,6 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes to launch on this machine (default 1)")
     p.add_argument("--no-resume", action="store_true",
                    help="refuse to continue a run directory that already holds checkpoints")
+    p.epilog = ("SIGTERM, SIGUSR1 or a file RUN_DIR/STOP make every rank stop after the current step, "
+                "save a checkpoint and exit with code 75 (run the same command again to resume). "
+                "Exit code 3: NaN/inf loss or gradient; 2: bad input.")
 
     p = sub.add_parser("config", help="print the resolved config (after extends and --set) as YAML",
                        description="Load, validate and print a config exactly as a run would use it.")
@@ -93,13 +96,18 @@ def _cmd_train(args) -> int:
         check_config(cfg, args.nproc)  # fail here, before spawning any process
         from megadlm.train.launch import relaunch_with_torchrun
 
-        return relaunch_with_torchrun(args.nproc, ["train", args.config, "--run-dir", run_dir,
+        code = relaunch_with_torchrun(args.nproc, ["train", args.config, "--run-dir", run_dir,
                                                    *sum((["--set", o] for o in args.overrides), []),
                                                    *(["--no-resume"] if args.no_resume else [])])
+        # torchrun reports any non-zero worker exit as 1; pass the "interrupted" code through.
+        from megadlm.train.stop import EXIT_INTERRUPTED, last_run_was_interrupted
+
+        return EXIT_INTERRUPTED if code != 0 and last_run_was_interrupted(run_dir) else code
+    from megadlm.train.stop import EXIT_INTERRUPTED
     from megadlm.train.trainer import train
 
-    train(cfg, run_dir, resume=not args.no_resume)
-    return 0
+    summary = train(cfg, run_dir, resume=not args.no_resume)
+    return EXIT_INTERRUPTED if summary.get("interrupted") else 0
 
 
 def _cmd_config(args) -> int:

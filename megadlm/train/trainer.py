@@ -28,6 +28,7 @@ from megadlm.train.evaluate import validate
 from megadlm.train.memory import live_tensor_bytes
 from megadlm.train.metrics import MetricsLogger, detect_peak_tflops
 from megadlm.train.schedule import lr_at
+from megadlm.train.stop import StopRequest
 
 
 @dataclass
@@ -110,9 +111,11 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
                     "flops_per_token": flops_per_token(cfg, padded),
                     "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
     loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir, tensor_bytes_before)
+    stop = StopRequest(run_dir)
     try:
-        return loop.run(state)
+        return loop.run(state, stop)
     finally:
+        stop.close()
         logger.close()
 
 
@@ -134,12 +137,13 @@ class _Loop:
         return make_batch(self.cfg.objective, tokens, sample_ids, epoch, seed, self.plan.mask_id,
                           self.cfg.data.seq_len, train=train)
 
-    def run(self, state: ckpt.TrainState) -> dict:
+    def run(self, state: ckpt.TrainState, stop: StopRequest) -> dict:
         cfg, plan = self.cfg, self.plan
         batches = self.data.batches(state.consumed_samples)
         last_val: dict | None = None
         stop_at = min(plan.total_steps, cfg.run.stop_at_step or plan.total_steps)
-        while state.step < stop_at:
+        interrupted = None
+        while state.step < stop_at and interrupted is None:
             t0 = time.perf_counter()
             lr = lr_at(state.step, plan.total_steps, cfg.schedule, cfg.optim)
             for group in self.engine.optimizer.param_groups:
@@ -174,10 +178,14 @@ class _Loop:
             self.logger.progress(state.step, postfix)
             if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0:
                 ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
+            interrupted = stop.agreed(pdist.device())
         stopped_early = state.step < plan.total_steps
         if (cfg.checkpoint.save_final or stopped_early) and ckpt.latest_tag(self.run_dir) != f"step_{state.step:08d}":
             ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
+        if interrupted and self.layout.is_main:
+            stop.clear_file()
         summary = {"kind": "summary", "step": state.step, "finished": not stopped_early,
+                   "interrupted": interrupted,
                    "epoch": self.epoch_of(state.consumed_samples),
                    "tokens_seen": state.tokens_seen, "final_val": last_val}
         self.logger.log(summary)

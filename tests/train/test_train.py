@@ -107,6 +107,9 @@ def test_wandb_offline_files_are_written(tiny_data, tmp_path):
     ("mdm", [], 0),
     ("ar", ["objective.token_dropout=0.2", "objective.mlp_dropout=0.1", "objective.attention_dropout=0.1"], 2),
     ("mdm", ["parallel.tp=2", "parallel.pp=2", "objective.mlp_dropout=0.1"], 4),
+    # 512 unique tokens = 16 samples = 2 steps per epoch: the stop lands mid-epoch 2 and the resumed
+    # run crosses two more epoch boundaries (reshuffles, new masks per epoch)
+    ("ar", ["data.unique_tokens=512", "objective.token_dropout=0.3"], 0),
 ])
 def test_resume_continues_exactly(tiny_data, tmp_path, objective, extra, nproc):
     """Stop at step 3 (a checkpoint), resume, finish at 6: the same losses as a run that never stopped."""

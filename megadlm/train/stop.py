@@ -1,0 +1,58 @@
+"""Stopping a run cleanly on request: SIGTERM (preemption), SIGUSR1 (Slurm's time-limit warning,
+`--signal=B:USR1@margin`) or a `STOP` file in the run directory.
+
+Handlers only set a flag; at the end of every step all ranks all-reduce it, so they agree on the
+same step, save one checkpoint together and exit with EXIT_INTERRUPTED, which a launcher can read
+as "resume me" (re-running `megadlm train` on the run directory continues from that checkpoint).
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+# sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry".
+EXIT_INTERRUPTED = 75
+STOP_FILE = "STOP"
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    def __init__(self, run_dir: str):
+        self.stop_file = os.path.join(run_dir, STOP_FILE)
+        self.reason: str | None = None
+        self._previous = {}
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def agreed(self, device) -> str | None:
+        """The stop reason if any rank was asked to stop (a collective: call it on every rank)."""
+        local = self.reason or (STOP_FILE if os.path.exists(self.stop_file) else None)
+        flag = torch.tensor([1.0 if local else 0.0], device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            return local or "another rank"
+        return None
+
+    def clear_file(self) -> None:
+        """Remove a consumed STOP file so that resuming does not stop again at once."""
+        if os.path.exists(self.stop_file):
+            os.remove(self.stop_file)
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def last_run_was_interrupted(run_dir: str) -> bool:
+    """Whether the newest summary in RUN_DIR/metrics.jsonl says the run stopped on request."""
+    from megadlm.train.metrics import read_metrics
+
+    summaries = [r for r in read_metrics(run_dir) if r.get("kind") == "summary"]
+    return bool(summaries and summaries[-1].get("interrupted"))
