@@ -111,7 +111,9 @@ class ValData:
             return
         remote, local = split_source(cfg, "val", run_dir)
         # replication = world size: every rank may index any sample; we split indices ourselves.
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        from megadlm.parallel.distributed import env_world_size
+
+        world = env_world_size()
         self.dataset = StreamingDataset(remote=remote, local=local, shuffle=False, batch_size=1,
                                         replication=world)
         total = int(split["samples"])

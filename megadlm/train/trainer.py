@@ -155,12 +155,13 @@ class _Loop:
             result = self.runner.train_step(
                 [self.objective_batch(b.tokens, b.sample_ids, b.epoch, True, cfg.run.seed) for b in micro],
                 state.step + 1)
-            self._stop_if_grad_norm_not_finite(state.step)
+            grad_norm = self.engine.get_global_grad_norm()
+            self._stop_if_grad_norm_not_finite(grad_norm, state.step)
             state.step += 1
             state.consumed_samples += cfg.schedule.global_batch_size
             state.tokens_seen += cfg.schedule.global_batch_size * cfg.data.seq_len
             elapsed = time.perf_counter() - t0
-            record = self._train_record(state, lr, result, elapsed, epoch_index)
+            record = self._train_record(state, lr, result, grad_norm, elapsed, epoch_index)
             if not self.model_state_logged and self.layout.is_main:
                 # Measured once, between steps: what rank 0 holds for parameters and optimizer state
                 # (what `megadlm plan` estimates as model state).
@@ -191,21 +192,19 @@ class _Loop:
         self.logger.log(summary)
         return summary
 
-    def _stop_if_grad_norm_not_finite(self, step: int) -> None:
+    def _stop_if_grad_norm_not_finite(self, norm, step: int) -> None:
         # Depending on the ZeRO stage DeepSpeed skips or applies an inf/NaN gradient; either way the
         # run has diverged. The norm is already all-reduced, so every rank stops here together,
         # before this step can be saved.
-        norm = self.engine.get_global_grad_norm()
         if norm is not None and not math.isfinite(float(norm)):
             raise TrainingError(
                 f"gradient norm is {float(norm)} at step {step + 1}: training has diverged, so the run stops "
                 f"and no checkpoint was written for this step. Lower optim.lr or set optim.grad_clip, then "
                 f"resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
 
-    def _train_record(self, state, lr, result, elapsed, epoch_index) -> dict:
+    def _train_record(self, state, lr, result, grad_norm, elapsed, epoch_index) -> dict:
         tokens = self.cfg.schedule.global_batch_size * self.cfg.data.seq_len
         tokens_per_s = tokens / elapsed if elapsed > 0 else float("nan")
-        grad_norm = self.engine.get_global_grad_norm()
         tflops = self.flops_per_token * tokens_per_s / 1e12
         record = {"kind": "train", "step": state.step, "epoch": self.epoch_of(state.consumed_samples),
                   "repetition": epoch_index + 1, "loss": result.loss, "lr": lr,
