@@ -34,8 +34,9 @@ def megadlm_env() -> dict:
 def run_cli(*args: str, timeout: int = 600, check: bool = True, nproc: int = 0) -> subprocess.CompletedProcess:
     """Run `python -m megadlm ARGS` (or under torchrun with nproc ranks) and return the result."""
     if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "megadlm", *args]
+        from megadlm.train.launch import torchrun_command
+
+        cmd = torchrun_command(nproc, list(args))
     else:
         cmd = [sys.executable, "-m", "megadlm", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=megadlm_env(), cwd=REPO)

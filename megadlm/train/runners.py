@@ -135,7 +135,6 @@ class PipelineRunner:
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=parameter_groups(module, cfg.optim.weight_decay),
             config=deepspeed_config(cfg, grad_accum, bf16))
-        self.layout = layout
         # Rank that reports the last stage's sums: TP rank 0 of the last stage of each replica.
         self.reporter = layout.pp_rank == layout.pp - 1 and layout.tp_rank == 0
 

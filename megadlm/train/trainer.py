@@ -35,7 +35,6 @@ from megadlm.train.stop import StopRequest
 class RunPlan:
     """Sizes derived once from the config, the manifest and the layout."""
 
-    vocab_size: int  # tokenizer vocabulary incl. [MASK]
     padded_vocab_size: int
     mask_id: int
     grad_accum: int
@@ -76,7 +75,7 @@ def train(cfg: Config, run_dir: str, resume: bool = True) -> dict:
 
 def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdist.Layout) -> dict:
     from megadlm.data.loader import TrainData, ValData
-    from megadlm.model.build import compute_dtype, flops_per_token
+    from megadlm.model.build import compute_dtype
     from megadlm.train.runners import build_runner
 
     _prepare_run_dir(cfg, run_dir, layout.is_main, resume)
@@ -93,7 +92,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
     data = TrainData(cfg, manifest, run_dir, replication=layout.tp * layout.pp, seed=cfg.run.seed)
     val = ValData(cfg, manifest, run_dir, layout.dp_rank, layout.dp)
     total_steps = cfg.schedule.max_steps or max(1, math.ceil(cfg.data.epochs * data.steps_per_epoch))
-    plan = RunPlan(vocab, padded, int(manifest["mask_id"]), grad_accum, total_steps,
+    plan = RunPlan(padded, int(manifest["mask_id"]), grad_accum, total_steps,
                    data.steps_per_epoch, data.epoch_samples)
 
     state = ckpt.TrainState()
@@ -101,6 +100,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
         state = ckpt.load(runner.engine, run_dir)
     resolved = config_to_dict(cfg)
     logger = MetricsLogger(cfg, run_dir, layout.is_main, total_steps, state.step, resolved)
+    loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir, tensor_bytes_before)
     if layout.is_main:
         logger.log({"kind": "start", "step": state.step, "total_steps": total_steps,
                     "steps_per_epoch": plan.steps_per_epoch, "epoch_samples": plan.epoch_samples,
@@ -108,9 +108,8 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
                     "tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "grad_accum": grad_accum,
                     "zero_stage": cfg.parallel.zero_stage, "padded_vocab_size": padded,
                     "objective": cfg.objective.type, "resumed": state.step > 0,
-                    "flops_per_token": flops_per_token(cfg, padded),
+                    "flops_per_token": loop.flops_per_token,
                     "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
-    loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir, tensor_bytes_before)
     stop = StopRequest(run_dir)
     try:
         return loop.run(state, stop)

@@ -1,8 +1,5 @@
 """End-to-end training through the real CLI: one process, 2 gloo ranks under torchrun, resume,
 ZeRO stages, wandb offline files, NaN stop. Every run is a real DeepSpeed engine on MDS shards."""
-import json
-from pathlib import Path
-
 import pytest
 
 from tests.conftest import TINY, read_jsonl, run_cli, sets, train_records
@@ -48,9 +45,9 @@ def test_single_process_run_writes_everything_and_resumes(tiny_data, tmp_path):
 def test_two_ranks_match_one_process(tiny_data, tmp_path, objective):
     """DP2 under torchrun sees the same global batches and masks as one process: same losses."""
     config = f"tiny_{objective}"
-    one = train(tiny_data, tmp_path / "one", "schedule.max_steps=8", "checkpoint.save_final=false",
+    train(tiny_data, tmp_path / "one", "schedule.max_steps=8", "checkpoint.save_final=false",
                 config=config)
-    two = train(tiny_data, tmp_path / "two", "schedule.max_steps=8", "checkpoint.save_final=false",
+    train(tiny_data, tmp_path / "two", "schedule.max_steps=8", "checkpoint.save_final=false",
                 config=config, nproc=2)
     a, b = train_records(tmp_path / "one"), train_records(tmp_path / "two")
     diffs = [abs(x["loss"] - y["loss"]) for x, y in zip(a, b)]
