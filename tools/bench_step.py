@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -158,13 +159,17 @@ def main() -> int:
     shape = QUICK if args.quick else SHAPE
     from megadlm.config.validate import padded_vocab_size
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+    root = Path(tempfile.mkdtemp(prefix="megadlm-bench-"))
+    try:
         data = prepare_data(root, shape["seq"])
         vocab = padded_vocab_size(258, 128, 1)
         plain = time_plain(shape, args.steps, args.warmup, vocab)
         mega = time_megadlm(data, shape, args.objective, args.steps, args.warmup, root)
         loader = loader_tokens_per_s(data, shape, root, batches=200)
+    finally:
+        # streaming's prefetch thread may still be filling the loader's cache: a strict rmtree
+        # would race it ("Directory not empty") and fail the benchmark after it has measured.
+        shutil.rmtree(root, ignore_errors=True)
     from megadlm.config.loader import load_config
     from megadlm.model.build import count_parameters
 
