@@ -106,7 +106,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     zero_stage: int = 1
-    # auto: bf16 on GPU, fp32 on CPU. Or force fp32 / bf16.
+    # auto: bf16 on GPU, fp32 on CPU. Or force fp32 / bf16; fp64 proves layout parity (tests).
     precision: str = "auto"
 
 

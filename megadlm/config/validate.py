@@ -19,7 +19,7 @@ OBJECTIVES = ("mdm", "ar")
 POSITION_EMBEDDINGS = ("rope", "learned_absolute")
 NORMALIZATIONS = ("RMSNorm", "LayerNorm")
 ACTIVATIONS = ("swiglu", "gelu")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp64")
 SCHEDULES = ("cosine", "constant", "wsd")
 SHUFFLE_ALGOS = ("py1e", "py1br", "py1s", "py2s", "naive")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -220,6 +220,12 @@ def _check_parallel(cfg: Config, world_size: int, report: Report) -> None:
                 f"objective.random_length_prob={cfg.objective.random_length_prob} with parallel.pp={p.pp}: "
                 "pipeline stages exchange fixed-shape activations, so sequences cannot be truncated: "
                 "set objective.random_length_prob=0 or parallel.pp=1"
+            )
+        if p.precision == "fp64":
+            report(
+                f"parallel.precision=fp64 with parallel.pp={p.pp}: DeepSpeed's pipeline engine passes "
+                "activation gradients between stages in fp32 buffers, so an fp64 pipeline run is wrong: "
+                "use parallel.precision=fp32 with pipelines (fp64 is for checking TP/DP layouts)"
             )
 
 

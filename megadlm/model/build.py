@@ -18,13 +18,13 @@ def _keep_uninitialised(weight: torch.Tensor) -> None:
 
 
 def compute_dtype(precision: str) -> torch.dtype:
-    """fp32 on CPU, bf16 on GPU unless the config forces one."""
+    """fp32 on CPU, bf16 on GPU unless the config forces one. fp64 exists to prove layout parity:
+    with rounding out of the way, any difference between layouts is a bug (tests/parallel)."""
     from megadlm.parallel.distributed import use_cuda
 
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
+    forced = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+    if precision in forced:
+        return forced[precision]
     return torch.bfloat16 if use_cuda() else torch.float32
 
 
@@ -72,11 +72,31 @@ def checkpoint_layer_activations(model) -> None:
         layer.forward = forward
 
 
+def _gpt_model_class():
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    from megadlm.parallel.cross_entropy import sharded_cross_entropy
+
+    class ProjectGPTModel(GPTModel):
+        """GPTModel whose per-token loss keeps fp64 in fp64 runs (megatron's casts to fp32)."""
+
+        def compute_language_model_loss(self, labels, logits):
+            # logits [s, b, v/tp], labels [b, s] -> CE [b, s]
+            return sharded_cross_entropy(logits, labels.t().contiguous()).t().contiguous()
+
+    return ProjectGPTModel
+
+
+def match_parameter_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """megatron builds torch norms in the default dtype whatever params_dtype says: cast them too
+    (DeepSpeed casts the whole module for bf16 anyway; fp64 parity runs need it here)."""
+    return model.to(dtype)
+
+
 def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
     """The GPTModel for this rank (PP=1: the whole depth), initialised from (seed, names).
     `vocab_size` is already padded; `seed` defaults to run.seed."""
     from megatron.core import parallel_state as ps
-    from megatron.core.models.gpt.gpt_model import GPTModel
 
     from megadlm.model.init import init_by_name
     from megadlm.model.layers import project_layer_spec
@@ -84,13 +104,14 @@ def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
     from megadlm.parallel.distributed import device
 
     m = cfg.model
-    model = GPTModel(
+    model = _gpt_model_class()(
         config=transformer_config(cfg), transformer_layer_spec=project_layer_spec(cfg), vocab_size=vocab_size,
         max_sequence_length=cfg.data.seq_len, pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=m.tie_embeddings,
         position_embedding_type=m.position_embedding, rotary_base=m.rotary_base)
     make_rope_device_agnostic(model)
+    match_parameter_dtype(model, compute_dtype(cfg.parallel.precision))
     init_by_name(model.named_parameters(), cfg.run.seed if seed is None else seed, m.init_std, m.num_layers)
     if m.activation_checkpointing:
         checkpoint_layer_activations(model)

@@ -52,7 +52,7 @@ class LossParts:
 
 
 def weighted_loss(token_ce: torch.Tensor, batch: ObjectiveBatch) -> LossParts:
-    token_ce = token_ce.float()
+    token_ce = token_ce.to(torch.promote_types(token_ce.dtype, torch.float32))  # fp64 runs stay fp64
     weighted = (token_ce * batch.weights).sum()
     with torch.no_grad():
         masked = batch.masked.to(token_ce.dtype)

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from megadlm.config.schema import Config
 from megadlm.errors import TrainingError
+from megadlm.parallel.cross_entropy import sharded_cross_entropy
 
 
 def topology(tp: int, pp: int, dp: int):
@@ -34,10 +35,8 @@ class PipelineLoss:
         self.sums = torch.zeros(4, dtype=torch.float64)
 
     def __call__(self, logits: torch.Tensor, labels) -> torch.Tensor:
-        from megatron.core import tensor_parallel
-
         targets, weights, masked, valid = labels
-        ce = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), targets.t().contiguous()).t()
+        ce = sharded_cross_entropy(logits, targets.t().contiguous()).t()
         weighted = (ce * weights).sum()
         with torch.no_grad():
             self.sums += torch.stack([weighted.detach(), (ce.detach() * masked).sum(), masked.sum(),
@@ -50,7 +49,7 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
     from megadlm.model.init import init_by_name
-    from megadlm.model.build import transformer_config
+    from megadlm.model.build import compute_dtype, match_parameter_dtype, transformer_config
     from megadlm.model.layers import project_layer_spec
     from megadlm.model.stages import (EmbeddingStage, FinalNormStage, OutputStage, TransformerLayerStage,
                                       tied_output_logits)
@@ -76,6 +75,7 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
         activation_checkpoint_interval=1 if m.activation_checkpointing else 0,
         # never checkpoint the embedding: its integer input has no grad
         checkpointable_layers=["TransformerLayerStage"])
+    match_parameter_dtype(module, compute_dtype(cfg.parallel.precision))
     init_by_name(global_named_parameters(module), cfg.run.seed, m.init_std, m.num_layers)
     return module
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ from megadlm.config.schema import Config
 from megadlm.errors import TrainingError
 from megadlm.objectives import ObjectiveBatch, weighted_loss
 from megadlm.parallel import distributed as pdist
+from megadlm.parallel.partial_grads import sum_partial_grads_over_tp
 
 
 @dataclass
@@ -25,6 +27,7 @@ class StepResult:
     loss: float  # mean micro-batch loss over the global batch
     masked_ce_sum: float
     masked_count: float
+    grad_norm: Optional[float]  # before clipping, over all parameters of the model
 
 
 @dataclass
@@ -74,11 +77,20 @@ class EngineRunner:
         from megadlm.model.build import build_model
 
         model = build_model(cfg, padded_vocab)
+        sum_partial_grads_over_tp(model.named_parameters())
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay),
             config=deepspeed_config(cfg, grad_accum, bf16), mpu=pdist.MegatronMPU())
         self.device = pdist.device()
         self.dp_group = pdist.data_parallel_group()
+        self.zero_stage = cfg.parallel.zero_stage
+
+    def _grad_norm_without_zero(self) -> float:
+        """ZeRO-0 clips through DeepSpeed's clip_grad_norm_ and drops the norm it computed: measure
+        it the same way (TP shards counted once). max_norm=inf scales every gradient by exactly 1."""
+        from deepspeed.runtime.utils import clip_grad_norm_
+
+        return float(clip_grad_norm_(self.engine.module.parameters(), max_norm=math.inf, mpu=self.engine.mpu))
 
     def _forward(self, batch: ObjectiveBatch):
         batch = batch.to(self.device)
@@ -104,10 +116,13 @@ class EngineRunner:
                     dist.all_reduce(bad)
                 if bad.item() > 0:
                     raise _nonfinite_loss(step, applied=False)
+                norm = self._grad_norm_without_zero() if self.zero_stage == 0 else None
             self.engine.step()
         loss, masked_ce, masked, _ = pdist.all_reduce_sum(sums.tolist(), self.dp_group)
         dp = dist.get_world_size(self.dp_group)
-        return StepResult(loss / (len(batches) * dp), masked_ce, masked)
+        if self.zero_stage > 0:
+            norm = self.engine.get_global_grad_norm()
+        return StepResult(loss / (len(batches) * dp), masked_ce, masked, norm)
 
     @torch.no_grad()
     def evaluate(self, batches: list[ObjectiveBatch]) -> EvalSums:
@@ -131,6 +146,7 @@ class PipelineRunner:
 
         module = build_pipeline(cfg, padded_vocab, layout.tp, layout.pp, layout.dp).to(pdist.device())
         check_groups_match(module._grid)
+        sum_partial_grads_over_tp(module.named_parameters())
         self.loss_fn = module.loss_fn
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=parameter_groups(module, cfg.optim.weight_decay),
@@ -155,7 +171,7 @@ class PipelineRunner:
         loss = float(loss)
         if not math.isfinite(loss):
             raise _nonfinite_loss(step, applied=True)
-        return StepResult(loss, masked_ce, masked)
+        return StepResult(loss, masked_ce, masked, self.engine.get_global_grad_norm())
 
     def evaluate(self, batches: list[ObjectiveBatch]) -> EvalSums:
         """`batches` are full-size and equally many on every rank (evaluate.validate pads them)."""

@@ -154,7 +154,7 @@ class _Loop:
             result = self.runner.train_step(
                 [self.objective_batch(b.tokens, b.sample_ids, b.epoch, True, cfg.run.seed) for b in micro],
                 state.step + 1)
-            grad_norm = self.engine.get_global_grad_norm()
+            grad_norm = result.grad_norm
             self._stop_if_grad_norm_not_finite(grad_norm, state.step)
             state.step += 1
             state.consumed_samples += cfg.schedule.global_batch_size

@@ -91,7 +91,8 @@ def test_world_size_not_divisible_by_model_parallel():
     [
         ({"tp": 0}, ["parallel.tp"]),
         ({"zero_stage": 4}, ["parallel.zero_stage", "0, 1, 2 or 3"]),
-        ({"precision": "fp16"}, ["parallel.precision", "auto, fp32, bf16"]),
+        ({"precision": "fp16"}, ["parallel.precision", "auto, fp32, bf16, fp64"]),
+        ({"pp": 2, "precision": "fp64"}, ["parallel.precision=fp64 with parallel.pp=2", "precision=fp32"]),
         ({"pp": 2, "zero_stage": 0}, ["zero_stage=0 with parallel.pp=2", "gradient norm", "zero_stage=1"]),
         ({"pp": 4}, ["model.num_layers=6 is not divisible by parallel.pp=4", "[1, 2, 3, 6]"]),
     ],

@@ -1,13 +1,12 @@
 """The parity matrix: every TP x PP x DP layout trains like one process from the same weights.
 
 Each run is a real `megadlm train` under torchrun (gloo, up to 4 ranks on 2 cores), 10 steps,
-compared step by step with the single-process reference. Bounds (fp32, CPU):
-- DP and PP only re-order the same sums: |Δloss| <= 1e-6.
-- TP changes every matmul's summation order; AdamW amplifies those fp32 roundings in its first
-  steps (MDM's 1/p weights, up to 1/eps = 1000, amplify them further), so TP layouts are held to
-  5e-5 (measured: up to 2.5e-5 for MDM, 1.2e-5 for AR over 10 steps; shared/notes/data-layout-3d.md
-  saw the same fp32 drift). Their validation losses, which no optimizer step separates from the
-  reference's forward, agree to ~1e-7. Every layout bug met so far was off by 1e-2 or more.
+compared step by step with the single-process reference: |Δloss| <= 1e-6 in fp32 for every layout
+(measured <= 3.6e-7), grad norms within 5e-5 relative, validation losses within 1e-6.
+An fp64 run separates layout bugs from rounding: TP2 then agrees to ~1e-15, TP2xDP2 to ~3e-9
+(ZeRO's optimizer keeps fp32 master weights, so DP's other gradient summation order still rounds
+to fp32 once per step). DeepSpeed's pipeline engine cannot carry fp64: validation refuses it with PP. (It is how the
+missing TP sum of QK-norm gradients was found: a 2.5e-5 drift that fp64 did not shrink.)
 """
 import pytest
 
@@ -33,13 +32,17 @@ def reference(tiny_data, tmp_path_factory):
 
 
 LAYOUTS = {  # name: (overrides, ranks, loss bound)
+    "dp2_zero0": (["parallel.zero_stage=0"], 2, 1e-6),
+    "dp2_zero1": (["parallel.zero_stage=1"], 2, 1e-6),
+    "dp2_zero2": (["parallel.zero_stage=2"], 2, 1e-6),
+    "dp2_zero3": (["parallel.zero_stage=3"], 2, 1e-6),
     "pp2": (["parallel.pp=2"], 2, 1e-6),
     "pp2_untied": (["parallel.pp=2", "model.tie_embeddings=false"], 2, 1e-6),
     "pp2_dp2": (["parallel.pp=2"], 4, 1e-6),
     "pp2_activation_checkpointing": (["parallel.pp=2", "model.activation_checkpointing=true"], 2, 1e-6),
-    "tp2": (["parallel.tp=2"], 2, 5e-5),
-    "tp2_dp2": (["parallel.tp=2"], 4, 5e-5),
-    "tp2_pp2": (["parallel.tp=2", "parallel.pp=2"], 4, 5e-5),
+    "tp2": (["parallel.tp=2"], 2, 1e-6),
+    "tp2_dp2": (["parallel.tp=2"], 4, 1e-6),
+    "tp2_pp2": (["parallel.tp=2", "parallel.pp=2"], 4, 1e-6),
 }
 
 
@@ -61,6 +64,14 @@ def test_layout_matches_one_process(tiny_data, tmp_path, reference, objective, n
     # validation scores the same tokens with the same masks in every layout
     assert [v["val_tokens"] for v in got_val] == [v["val_tokens"] for v in ref_val]
     assert max(abs(a["val_loss"] - b["val_loss"]) for a, b in zip(ref_val, got_val)) <= bound
+
+
+def test_fp64_tp2_dp2_matches_to_rounding(tiny_data, tmp_path):
+    """In float64 only a layout bug can leave a visible difference."""
+    fp64 = ["parallel.precision=fp64"]
+    ref_train, _ = run(tiny_data, tmp_path / "ref", "mdm", fp64)
+    got_train, _ = run(tiny_data, tmp_path / "tp2_dp2", "mdm", [*fp64, "parallel.tp=2"], nproc=4)
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ref_train, got_train)) <= 1e-8
 
 
 @pytest.mark.parametrize("layout,ranks", [([], 0), (["parallel.pp=2"], 2)])
