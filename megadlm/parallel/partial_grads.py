@@ -9,7 +9,7 @@ DeepSpeed accumulates or reduces it over data-parallel ranks, for every engine a
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -27,7 +26,7 @@ class StepResult:
     loss: float  # mean micro-batch loss over the global batch
     masked_ce_sum: float
     masked_count: float
-    grad_norm: Optional[float]  # before clipping, over all parameters of the model
+    grad_norm: float | None  # before clipping, over all parameters of the model
 
 
 @dataclass
