@@ -74,6 +74,17 @@ def test_fp64_tp2_dp2_matches_to_rounding(tiny_data, tmp_path):
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ref_train, got_train)) <= 1e-8
 
 
+def test_bf16_runs_in_every_engine_path(tiny_data, tmp_path, reference):
+    """The GPU precision on CPU: DeepSpeed's bf16 engine and pipeline run our model, stay close to
+    fp32 and to each other (bf16 has 8 mantissa bits: bounds are loose, bugs are not)."""
+    bf16 = ["parallel.precision=bf16"]
+    one, _ = run(tiny_data, tmp_path / "one", "mdm", bf16)
+    tp2_pp2, _ = run(tiny_data, tmp_path / "tp2_pp2", "mdm", [*bf16, "parallel.tp=2", "parallel.pp=2"], nproc=4)
+    fp32 = reference["mdm"][0]
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, fp32)) <= 5e-2
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, tp2_pp2)) <= 5e-3
+
+
 @pytest.mark.parametrize("layout,ranks", [([], 0), (["parallel.pp=2"], 2)])
 def test_activation_checkpointing_recomputes_exactly(tiny_data, tmp_path, layout, ranks):
     """Recomputed layers (with dropout on) give bit-identical losses and grad norms."""
