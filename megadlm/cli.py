@@ -38,8 +38,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(p)
     p.add_argument("--run-dir", help="run directory (default: run.run_dir or runs/<run.name>)")
     p.add_argument("--nproc", type=int, default=1, help="processes to launch on this machine (default 1)")
-    p.add_argument("--no-resume", action="store_true",
-                   help="refuse to continue a run directory that already holds checkpoints")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--no-resume", action="store_true",
+                        help="refuse to continue a run directory that already holds checkpoints")
+    resume.add_argument("--resume-from", metavar="CKPT_DIR",
+                        help="resume from this checkpoint directory (default: the newest complete one "
+                             "in RUN_DIR/checkpoints whose checksums verify)")
     p.epilog = ("SIGTERM, SIGUSR1 or a file RUN_DIR/STOP make every rank stop after the current step, "
                 "save a checkpoint and exit with code 75 (run the same command again to resume). "
                 "Exit code 3: NaN/inf loss or gradient; 2: bad input.")
@@ -98,7 +102,8 @@ def _cmd_train(args) -> int:
 
         code = relaunch_with_torchrun(args.nproc, ["train", args.config, "--run-dir", run_dir,
                                                    *sum((["--set", o] for o in args.overrides), []),
-                                                   *(["--no-resume"] if args.no_resume else [])])
+                                                   *(["--no-resume"] if args.no_resume else []),
+                                                   *(["--resume-from", args.resume_from] if args.resume_from else [])])
         # torchrun reports any non-zero worker exit as 1; pass the "interrupted" code through.
         from megadlm.train.stop import EXIT_INTERRUPTED, last_run_was_interrupted
 
@@ -106,7 +111,7 @@ def _cmd_train(args) -> int:
     from megadlm.train.stop import EXIT_INTERRUPTED
     from megadlm.train.trainer import train
 
-    summary = train(cfg, run_dir, resume=not args.no_resume)
+    summary = train(cfg, run_dir, resume=not args.no_resume, resume_from=args.resume_from)
     return EXIT_INTERRUPTED if summary.get("interrupted") else 0
 
 

@@ -19,3 +19,7 @@ class TrainingError(UserError):
     """A run that cannot continue (NaN loss, unusable run directory)."""
 
     exit_code = 3
+
+
+class CheckpointError(UserError):
+    """No usable checkpoint, or one that does not fit this run (shape, objective, layout)."""

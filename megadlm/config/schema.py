@@ -113,7 +113,8 @@ class ParallelConfig:
 @dataclass
 class CheckpointConfig:
     interval: int = 0  # save every N steps (0 = only at the end)
-    keep_last: int = 2
+    keep_last: int = 2  # newest complete checkpoints kept (0 = keep all)
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0 = none)
     save_final: bool = True
 
 

@@ -294,6 +294,7 @@ def _check_logging(cfg: Config, report: Report) -> None:
     _at_least("logging.eval_interval", cfg.logging.eval_interval, 0, report)
     _at_least("checkpoint.interval", cfg.checkpoint.interval, 0, report)
     _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 0, report)
+    _at_least("checkpoint.keep_every", cfg.checkpoint.keep_every, 0, report)
 
 
 def _tokenizer_name(manifest: dict) -> str:

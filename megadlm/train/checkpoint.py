@@ -1,24 +1,38 @@
-"""Saving and resuming a run directory through DeepSpeed's checkpoint engine.
+"""Checkpoints that are either complete and verified, or ignored.
 
-Layout: RUN_DIR/checkpoints/step_00000100/ holds DeepSpeed's model/optimizer files, one RNG file
-per rank, and our client state (step, the global consumed-sample counter, tokens seen); DeepSpeed's
-`latest` file names the newest tag. The data position is the consumed-sample counter only, which
-does not depend on the world size.
+Layout of RUN_DIR/checkpoints/:
+    step_00000100/             DeepSpeed's model/optimizer files, rng_rankNNNNN.pt per rank,
+                               megadlm_manifest.json (size + sha256 of every file, train state,
+                               the facts a resume must agree with)
+    .incomplete_step_00000200/ a save in progress (or one a crash interrupted); never loaded
+    latest                     the newest complete tag, replaced atomically
+
+A save writes under the temporary name, every rank hashes a share of the files, rank 0 writes the
+manifest, renames the directory and only then moves `latest`. Loading verifies the manifest (sizes
+and checksums, hashed by all ranks) before DeepSpeed unpickles anything; a checkpoint that fails is
+skipped, with a warning, for the next older one. Our own files are read with weights_only=True.
+The data position is the global consumed-sample count, which does not depend on the world size.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from megadlm.errors import TrainingError
+from megadlm.errors import CheckpointError, TrainingError
 
 CHECKPOINT_DIR = "checkpoints"
+MANIFEST = "megadlm_manifest.json"
+INCOMPLETE = ".incomplete_"
+FORMAT_VERSION = 1
 
 
 @dataclass
@@ -28,8 +42,28 @@ class TrainState:
     tokens_seen: int = 0
 
 
+@dataclass
+class Retention:
+    keep_last: int = 2  # newest complete checkpoints kept (0 = all)
+    keep_every: int = 0  # also keep every step that is a multiple of this, forever (0 = none)
+
+
+@dataclass
+class RunFacts:
+    """What a checkpoint was trained as; a resume must agree (see `compatibility_problems`)."""
+
+    objective: str
+    model: dict
+    layout: dict  # tp, pp, dp, zero_stage
+    data: dict = field(default_factory=dict)  # seq_len, tokenizer
+
+
 def checkpoint_root(run_dir: str) -> str:
     return os.path.join(run_dir, CHECKPOINT_DIR)
+
+
+def tag_of(step: int) -> str:
+    return f"step_{step:08d}"
 
 
 def latest_tag(run_dir: str) -> str | None:
@@ -40,8 +74,34 @@ def latest_tag(run_dir: str) -> str | None:
         return f.read().strip() or None
 
 
+def has_checkpoints(run_dir: str) -> bool:
+    return bool(candidate_paths(run_dir))
+
+
+def candidate_paths(run_dir: str) -> list[str]:
+    """Complete-looking checkpoint directories, newest first (`latest` first when it names one)."""
+    root = checkpoint_root(run_dir)
+    if not os.path.isdir(root):
+        return []
+    tags = sorted((d for d in os.listdir(root) if d.startswith("step_") and os.path.isdir(os.path.join(root, d))),
+                  reverse=True)
+    newest = latest_tag(run_dir)
+    if newest in tags:
+        tags.remove(newest)
+        tags.insert(0, newest)
+    return [os.path.join(root, t) for t in tags]
+
+
+# ---------------------------------------------------------------- RNG (weights_only-loadable)
+
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -49,50 +109,235 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, run_dir: str, state: TrainState, keep_last: int) -> str:
-    tag = f"step_{state.step:08d}"
-    root = checkpoint_root(run_dir)
-    engine.save_checkpoint(root, tag=tag, client_state={"train_state": asdict(state)}, save_latest=False)
+# ---------------------------------------------------------------- checksums, shared by the ranks
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _from_rank0(value):
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(value) -> list:
+    if not dist.is_initialized():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _list_files(directory: str) -> list[str]:
+    found = []
+    for base, _, names in os.walk(directory):
+        for name in names:
+            if name != MANIFEST:
+                found.append(os.path.relpath(os.path.join(base, name), directory))
+    return sorted(found)
+
+
+def _hash_shared(directory: str, files: list[str]) -> dict[str, str]:
+    """sha256 of every file, each rank hashing every world-th one; the same dict on all ranks."""
+    rank, world = _rank_world()
+    mine = {}
+    for index, name in enumerate(files):
+        if index % world == rank:
+            path = os.path.join(directory, name)
+            mine[name] = _sha256(path) if os.path.isfile(path) else "missing"
+    merged = {}
+    for part in _gather(mine):
+        merged.update(part)
+    return merged
+
+
+def verify(path: str) -> tuple[dict | None, str | None]:
+    """(manifest, None) when every listed file is there with its size and checksum, else
+    (None, the first problem). Collective: every rank must call it."""
+    manifest, problem = None, None
+    if _rank_world()[0] == 0:
+        try:
+            with open(os.path.join(path, MANIFEST)) as f:
+                manifest = json.load(f)
+            if manifest.get("format") != FORMAT_VERSION:
+                problem = f"unknown manifest format {manifest.get('format')!r}"
+        except FileNotFoundError:
+            problem = f"no {MANIFEST} (the save did not finish)"
+        except (OSError, ValueError) as e:
+            problem = f"unreadable {MANIFEST}: {e}"
+        if problem is None:
+            for name, entry in manifest["files"].items():
+                full = os.path.join(path, name)
+                if not os.path.isfile(full):
+                    problem = f"{name} is missing"
+                    break
+                if os.path.getsize(full) != entry["bytes"]:
+                    problem = f"{name} has {os.path.getsize(full)} bytes, the manifest says {entry['bytes']}"
+                    break
+    manifest, problem = _from_rank0((manifest, problem))
+    if problem is not None:
+        return None, problem
+    sums = _hash_shared(path, sorted(manifest["files"]))
+    for name in sorted(manifest["files"]):
+        if sums[name] != manifest["files"][name]["sha256"]:
+            return None, f"{name} does not match its sha256 checksum (corrupted or modified)"
+    return manifest, None
+
+
+# ---------------------------------------------------------------- save
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: RunFacts,
+         resolved_config: dict) -> str:
+    """Collective. Returns the tag; `latest` names it only once it is complete and verified."""
+    rank, _ = _rank_world()
+    tag, root = tag_of(state.step), checkpoint_root(run_dir)
+    work = os.path.join(root, INCOMPLETE + tag)
+    if rank == 0 and os.path.exists(work):
+        shutil.rmtree(work)  # left by a save that crashed: it was never complete
+    _barrier()
+    client = {"train_state": asdict(state)}
+    engine.save_checkpoint(root, tag=INCOMPLETE + tag, client_state=client, save_latest=False)
     # DeepSpeed does not save RNG state; dropout and attention dropout need it for an exact resume.
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    torch.save(_rng_state(), os.path.join(root, tag, f"rng_rank{rank:05d}.pt"))
-    if dist.is_initialized():
-        dist.barrier()
+    torch.save(_rng_state(), os.path.join(work, f"rng_rank{rank:05d}.pt"))
+    _barrier()
+    files = _from_rank0(_list_files(work) if rank == 0 else None)
+    sums = _hash_shared(work, files)
     if rank == 0:
-        # `latest` moves only once every rank has written everything of this tag.
-        with open(os.path.join(root, "latest.tmp"), "w") as f:
-            f.write(tag)
-        os.replace(os.path.join(root, "latest.tmp"), os.path.join(root, "latest"))
-        if keep_last > 0:
-            _prune(root, keep_last)
-    if dist.is_initialized():
-        dist.barrier()
+        manifest = {"format": FORMAT_VERSION, "tag": tag, "train_state": asdict(state), "facts": asdict(facts),
+                    "world_size": _rank_world()[1], "config": resolved_config,
+                    "files": {name: {"bytes": os.path.getsize(os.path.join(work, name)), "sha256": sums[name]}
+                              for name in files}}
+        _write_atomically(os.path.join(work, MANIFEST), json.dumps(manifest, indent=1))
+        final = os.path.join(root, tag)
+        if os.path.exists(final):  # a complete save of this step that `latest` never named (a crash)
+            shutil.rmtree(final)
+        os.rename(work, final)
+        _fsync_dir(root)
+        _write_atomically(os.path.join(root, "latest"), tag)
+        _prune(root, retention, keep=tag)
+    _barrier()
     return tag
 
 
-def _prune(root: str, keep_last: int) -> None:
+def _prune(root: str, retention: Retention, keep: str) -> None:
     tags = sorted(d for d in os.listdir(root) if d.startswith("step_") and os.path.isdir(os.path.join(root, d)))
-    for old in tags[:-keep_last]:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    recent = set(tags[-retention.keep_last:]) if retention.keep_last > 0 else set(tags)
+    for old in tags:
+        step = int(old[len("step_"):])
+        kept_forever = retention.keep_every > 0 and step % retention.keep_every == 0
+        if old != keep and old not in recent and not kept_forever:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
-def load(engine, run_dir: str) -> TrainState:
-    """Restore engine, RNG and counters from the newest checkpoint. Returns the train state."""
-    root = checkpoint_root(run_dir)
-    tag = latest_tag(run_dir)
-    path, client = engine.load_checkpoint(root, tag=tag)
-    if path is None or "train_state" not in (client or {}):
-        raise TrainingError(f"checkpoint {os.path.join(root, str(tag))} could not be loaded as a megadlm "
-                            f"checkpoint of this model and layout (see DeepSpeed's message above): resume "
-                            f"with the layout it was saved with, or start a new --run-dir")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    rng_file = os.path.join(root, tag, f"rng_rank{rank:05d}.pt")
+# ---------------------------------------------------------------- choose and load
+
+def _warn(message: str) -> None:
+    if _rank_world()[0] == 0:
+        print(f"megadlm: warning: {message}", file=sys.stderr, flush=True)
+
+
+def choose(run_dir: str, resume_from: str | None = None) -> tuple[str, dict] | None:
+    """The checkpoint to resume from and its manifest, or None when the run has none. Collective.
+
+    With `resume_from` that exact checkpoint must verify. Otherwise the newest that verifies is
+    used, and each one skipped on the way is reported."""
+    if resume_from is not None:
+        path = resume_from.rstrip("/")
+        manifest, problem = verify(path)
+        if problem is not None:
+            raise CheckpointError(f"--resume-from {path}: {problem}; pick another checkpoint "
+                                f"(complete ones have a {MANIFEST})")
+        return path, manifest
+    candidates = candidate_paths(run_dir)
+    skipped = []
+    for path in candidates:
+        manifest, problem = verify(path)
+        if problem is None:
+            for bad, why in skipped:
+                _warn(f"checkpoint {bad} is unusable ({why}); resuming from the older {path}")
+            return path, manifest
+        skipped.append((path, problem))
+    if skipped:
+        details = "; ".join(f"{p}: {why}" for p, why in skipped)
+        raise CheckpointError(f"no usable checkpoint in {checkpoint_root(run_dir)} ({details}). Nothing was "
+                            f"changed: restore a good checkpoint, or start a new --run-dir")
+    return None
+
+
+def compatibility_problems(saved: dict, current: RunFacts) -> list[str]:
+    """Differences that make resuming from this checkpoint wrong, each with what to do instead."""
+    problems = []
+    if saved["objective"] != current.objective:
+        problems.append(f"it was trained with objective.type={saved['objective']}, this config says "
+                        f"{current.objective} (to adapt a model to another objective, start a new run "
+                        f"from its weights instead of resuming)")
+    for key in sorted(set(saved["model"]) | set(current.model)):
+        if saved["model"].get(key) != current.model.get(key):
+            problems.append(f"model.{key} was {saved['model'].get(key)!r}, this config says "
+                            f"{current.model.get(key)!r} (a checkpoint only fits the model shape it was saved from)")
+    for key in sorted(set(saved["data"]) | set(current.data)):
+        if saved["data"].get(key) != current.data.get(key):
+            problems.append(f"data {key} was {saved['data'].get(key)!r}, now {current.data.get(key)!r}")
+    saved_split = {k: saved["layout"][k] for k in ("tp", "pp", "zero_stage")}
+    now_split = {k: current.layout[k] for k in ("tp", "pp", "zero_stage")}
+    if saved_split != now_split:
+        problems.append(f"it was saved with tp/pp/zero_stage {saved_split}, this run uses {now_split} "
+                        f"(convert it with `megadlm reshard`, or launch with the saved layout)")
+    return problems
+
+
+def load(engine, path: str, manifest: dict) -> TrainState:
+    """Restore engine, RNG and counters from a verified checkpoint directory."""
+    root, tag = os.path.split(path)
+    loaded, _ = engine.load_checkpoint(root, tag=tag)
+    if loaded is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {path} (see its message above); "
+                            f"resume with the layout it was saved with, or start a new --run-dir")
+    rank, _ = _rank_world()
+    rng_file = os.path.join(path, f"rng_rank{rank:05d}.pt")
     if os.path.exists(rng_file):  # absent when resuming with more ranks than were saved
-        _set_rng_state(torch.load(rng_file, weights_only=False))
-    return TrainState(**client["train_state"])
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    return TrainState(**manifest["train_state"])

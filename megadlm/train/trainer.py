@@ -19,7 +19,7 @@ from megadlm.config.schema import Config
 from megadlm.config.validate import padded_vocab_size, validate_config
 from megadlm.data.prepare import load_manifest
 from megadlm.data.tokenizer import tokenizer_from_manifest
-from megadlm.errors import TrainingError
+from megadlm.errors import CheckpointError, TrainingError
 from megadlm.objectives import make_batch
 from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
 from megadlm.parallel import distributed as pdist
@@ -53,35 +53,60 @@ def check_config(cfg: Config, world_size: int) -> dict:
     return manifest
 
 
-def _prepare_run_dir(cfg: Config, run_dir: str, is_main: bool, resume: bool) -> None:
-    has_ckpt = ckpt.latest_tag(run_dir) is not None
-    if has_ckpt and not resume:
-        raise TrainingError(f"{run_dir} already holds checkpoints and --no-resume was given: "
-                            f"choose another --run-dir or drop --no-resume to continue that run")
-    if is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        dump_config(cfg, os.path.join(run_dir, "config.yaml"))
+# Model fields that do not change what a checkpoint holds (or may change between resumes).
+_NOT_SHAPE = ("init_std", "activation_checkpointing", "make_vocab_size_divisible_by", "vocab_size")
 
 
-def train(cfg: Config, run_dir: str, resume: bool = True) -> dict:
+def run_facts(cfg: Config, layout: pdist.Layout, padded_vocab: int, manifest: dict) -> ckpt.RunFacts:
+    model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in _NOT_SHAPE}
+    model["padded_vocab_size"] = padded_vocab
+    return ckpt.RunFacts(
+        objective=cfg.objective.type, model=model,
+        layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "zero_stage": cfg.parallel.zero_stage},
+        data={"seq_len": cfg.data.seq_len, "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256")})
+
+
+def _resume_point(cfg: Config, run_dir: str, resume: bool, resume_from: str | None,
+                  facts: ckpt.RunFacts) -> tuple[str, dict] | None:
+    """The verified checkpoint to continue from, after every check and before anything is written."""
+    if not resume:
+        if ckpt.has_checkpoints(run_dir):
+            raise CheckpointError(f"{run_dir} already holds checkpoints and --no-resume was given: "
+                                f"choose another --run-dir or drop --no-resume to continue that run")
+        return None
+    chosen = ckpt.choose(run_dir, resume_from)
+    if chosen is not None:
+        problems = ckpt.compatibility_problems(chosen[1]["facts"], facts)
+        if problems:
+            raise CheckpointError(f"cannot resume from {chosen[0]}: " + "; ".join(problems)
+                                + ". Nothing in the run directory was changed.")
+    return chosen
+
+
+def train(cfg: Config, run_dir: str, resume: bool = True, resume_from: str | None = None) -> dict:
     """Train until the configured number of steps; returns the final summary record."""
     manifest = check_config(cfg, pdist.env_world_size())
     layout = pdist.init_distributed(cfg.parallel.tp, cfg.parallel.pp)
     try:
-        return _train(cfg, run_dir, resume, manifest, layout)
+        return _train(cfg, run_dir, resume, resume_from, manifest, layout)
     finally:
         pdist.shutdown()
 
 
-def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdist.Layout) -> dict:
+def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, manifest: dict,
+           layout: pdist.Layout) -> dict:
     from megadlm.data.loader import TrainData, ValData
     from megadlm.model.build import compute_dtype
     from megadlm.train.runners import build_runner
 
-    _prepare_run_dir(cfg, run_dir, layout.is_main, resume)
-    dist.barrier()
     vocab = cfg.model.vocab_size or int(manifest["vocab_size"])
     padded = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, layout.tp)
+    facts = run_facts(cfg, layout, padded, manifest)
+    resume_point = _resume_point(cfg, run_dir, resume, resume_from, facts)
+    if layout.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        dump_config(cfg, os.path.join(run_dir, "config.yaml"))
+    dist.barrier()
     grad_accum = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * layout.dp)
     bf16 = compute_dtype(cfg.parallel.precision) == torch.bfloat16
     tensor_bytes_before = live_tensor_bytes(pdist.device().type) if layout.is_main else 0
@@ -96,11 +121,13 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
                    data.steps_per_epoch, data.epoch_samples)
 
     state = ckpt.TrainState()
-    if resume and ckpt.latest_tag(run_dir) is not None:
-        state = ckpt.load(runner.engine, run_dir)
+    if resume_point is not None:
+        state = ckpt.load(runner.engine, *resume_point)
     resolved = config_to_dict(cfg)
     logger = MetricsLogger(cfg, run_dir, layout.is_main, total_steps, state.step, resolved)
-    loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir, tensor_bytes_before)
+    # what every checkpoint records besides the engine: retention, the run's facts, the config
+    checkpoint_args = (ckpt.Retention(cfg.checkpoint.keep_last, cfg.checkpoint.keep_every), facts, resolved)
+    loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir, tensor_bytes_before, checkpoint_args)
     if layout.is_main:
         logger.log({"kind": "start", "step": state.step, "total_steps": total_steps,
                     "steps_per_epoch": plan.steps_per_epoch, "epoch_samples": plan.epoch_samples,
@@ -119,7 +146,8 @@ def _train(cfg: Config, run_dir: str, resume: bool, manifest: dict, layout: pdis
 
 
 class _Loop:
-    def __init__(self, cfg, runner, data, val, plan: RunPlan, layout, logger, run_dir, tensor_bytes_before: int):
+    def __init__(self, cfg, runner, data, val, plan: RunPlan, layout, logger, run_dir, tensor_bytes_before: int,
+                 checkpoint_args: tuple):
         from megadlm.model.build import flops_per_token
 
         self.cfg, self.runner, self.engine, self.data, self.val = cfg, runner, runner.engine, data, val
@@ -127,6 +155,7 @@ class _Loop:
         self.flops_per_token = flops_per_token(cfg, plan.padded_vocab_size)
         self.peak_tflops = detect_peak_tflops(cfg)
         self.tensor_bytes_before = tensor_bytes_before
+        self.checkpoint_args = checkpoint_args
         self.model_state_logged = False
 
     def epoch_of(self, consumed: int) -> float:
@@ -177,11 +206,11 @@ class _Loop:
                 postfix["val"] = last_val["val_loss"]
             self.logger.progress(state.step, postfix)
             if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0:
-                ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
+                ckpt.save(self.engine, self.run_dir, state, *self.checkpoint_args)
             interrupted = stop.agreed(pdist.device())
         stopped_early = state.step < plan.total_steps
-        if (cfg.checkpoint.save_final or stopped_early) and ckpt.latest_tag(self.run_dir) != f"step_{state.step:08d}":
-            ckpt.save(self.engine, self.run_dir, state, cfg.checkpoint.keep_last)
+        if (cfg.checkpoint.save_final or stopped_early) and ckpt.latest_tag(self.run_dir) != ckpt.tag_of(state.step):
+            ckpt.save(self.engine, self.run_dir, state, *self.checkpoint_args)
         if interrupted and self.layout.is_main:
             stop.clear_file()
         summary = {"kind": "summary", "step": state.step, "finished": not stopped_early,
