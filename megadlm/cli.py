@@ -95,9 +95,10 @@ def _cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = _resolve_run_dir(cfg, args.run_dir)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from megadlm.train.trainer import check_config
+        from megadlm.train.trainer import check_config, check_run_dir
 
-        check_config(cfg, args.nproc)  # fail here, before spawning any process
+        check_run_dir(run_dir)  # fail here, before spawning any process
+        check_config(cfg, args.nproc)
         from megadlm.train.launch import relaunch_with_torchrun
 
         code = relaunch_with_torchrun(args.nproc, ["train", args.config, "--run-dir", run_dir,

@@ -23,3 +23,7 @@ class TrainingError(UserError):
 
 class CheckpointError(UserError):
     """No usable checkpoint, or one that does not fit this run (shape, objective, layout)."""
+
+
+class RunDirError(UserError):
+    """A run directory that cannot be used as asked (not a directory, not writable, already used)."""

@@ -69,7 +69,7 @@ class TrainData:
         self.epoch_samples = samples_per_epoch(available, cfg.data.unique_tokens, cfg.data.seq_len,
                                                self.global_batch)
         remote, local = split_source(cfg, "train", run_dir)
-        stream = Stream(remote=remote, local=local,
+        stream = Stream(remote=remote, local=local, validate_hash="xxh64",
                         choose=self.epoch_samples if self.epoch_samples < available else None)
         self.dataset = StreamingDataset(
             streams=[stream], shuffle=cfg.data.shuffle, shuffle_algo=cfg.data.shuffle_algo,
@@ -114,7 +114,7 @@ class ValData:
         from megadlm.parallel.distributed import env_world_size
 
         world = env_world_size()
-        self.dataset = StreamingDataset(remote=remote, local=local, shuffle=False, batch_size=1,
+        self.dataset = StreamingDataset(remote=remote, local=local, validate_hash="xxh64", shuffle=False, batch_size=1,
                                         replication=world)
         total = int(split["samples"])
         if cfg.data.val_max_samples is not None:

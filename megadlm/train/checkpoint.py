@@ -239,9 +239,15 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
         shutil.rmtree(work)  # left by a save that crashed: it was never complete
     _barrier()
     client = {"train_state": asdict(state)}
-    engine.save_checkpoint(root, tag=INCOMPLETE + tag, client_state=client, save_latest=False)
-    # DeepSpeed does not save RNG state; dropout and attention dropout need it for an exact resume.
-    torch.save(_rng_state(), os.path.join(work, f"rng_rank{rank:05d}.pt"))
+    try:
+        engine.save_checkpoint(root, tag=INCOMPLETE + tag, client_state=client, save_latest=False)
+        # DeepSpeed does not save RNG state; dropout and attention dropout need it for an exact resume.
+        torch.save(_rng_state(), os.path.join(work, f"rng_rank{rank:05d}.pt"))
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        previous = latest_tag(run_dir)
+        kept = f"the previous checkpoint {previous} is untouched" if previous else "no checkpoint was written yet"
+        raise TrainingError(f"writing checkpoint {tag} failed on rank {rank} ({e}): is the disk full or over "
+                            f"quota? {kept}; free space and run the same command to resume") from e
     _barrier()
     files = _from_rank0(_list_files(work) if rank == 0 else None)
     sums = _hash_shared(work, files)

@@ -17,9 +17,10 @@ import torch.distributed as dist
 from megadlm.config.loader import config_to_dict, dump_config
 from megadlm.config.schema import Config
 from megadlm.config.validate import padded_vocab_size, validate_config
+from megadlm.data.integrity import verify_shards
 from megadlm.data.prepare import load_manifest
 from megadlm.data.tokenizer import tokenizer_from_manifest
-from megadlm.errors import CheckpointError, TrainingError
+from megadlm.errors import CheckpointError, RunDirError, TrainingError
 from megadlm.objectives import make_batch
 from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
 from megadlm.parallel import distributed as pdist
@@ -50,6 +51,8 @@ def check_config(cfg: Config, world_size: int) -> dict:
     validate_config(cfg, world_size=world_size, manifest=manifest)
     # The shards' token ids only mean something with the tokenizer that wrote them.
     tokenizer_from_manifest(cfg.data.path)
+    if not cfg.data.remote and os.environ.get("LOCAL_RANK", "0") == "0":
+        verify_shards(cfg.data.path)  # once per node; the other ranks wait for it in init
     return manifest
 
 
@@ -71,7 +74,7 @@ def _resume_point(cfg: Config, run_dir: str, resume: bool, resume_from: str | No
     """The verified checkpoint to continue from, after every check and before anything is written."""
     if not resume:
         if ckpt.has_checkpoints(run_dir):
-            raise CheckpointError(f"{run_dir} already holds checkpoints and --no-resume was given: "
+            raise RunDirError(f"{run_dir} already holds checkpoints and --no-resume was given: "
                                 f"choose another --run-dir or drop --no-resume to continue that run")
         return None
     chosen = ckpt.choose(run_dir, resume_from)
@@ -83,8 +86,22 @@ def _resume_point(cfg: Config, run_dir: str, resume: bool, resume_from: str | No
     return chosen
 
 
+def check_run_dir(run_dir: str) -> None:
+    """The run directory must be a writable directory, or not exist yet under a writable parent."""
+    existing = run_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing):
+        raise RunDirError(f"run directory {run_dir}: {existing} exists and is not a directory; "
+                            f"choose another --run-dir")
+    if not os.access(existing, os.R_OK | os.W_OK | os.X_OK):
+        raise RunDirError(f"run directory {run_dir}: {existing} is not readable and writable by this user; "
+                            f"fix its permissions or choose another --run-dir")
+
+
 def train(cfg: Config, run_dir: str, resume: bool = True, resume_from: str | None = None) -> dict:
     """Train until the configured number of steps; returns the final summary record."""
+    check_run_dir(run_dir)
     manifest = check_config(cfg, pdist.env_world_size())
     layout = pdist.init_distributed(cfg.parallel.tp, cfg.parallel.pp)
     try:
