@@ -78,6 +78,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    p = sub.add_parser("reshard", help="convert a checkpoint so it resumes at another TP/PP/DP/ZeRO layout",
+                       description="Write the DeepSpeed universal form of CKPT (full fp32 weights and Adam "
+                                   "moments per parameter) to OUT, named for a target with --pp stages. Then "
+                                   "`megadlm train CONFIG --resume-from OUT` with any parallel.tp, process count "
+                                   "and parallel.zero_stage 1/2 (and that --pp).")
+    p.add_argument("checkpoint", help="a complete checkpoint directory, e.g. RUN_DIR/checkpoints/step_00000100")
+    p.add_argument("--out", required=True, help="new directory for the universal checkpoint")
+    p.add_argument("--pp", type=int, default=1, help="pipeline stages of the run that will resume (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="converter processes (default 1)")
+
     p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
                        description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
     p.add_argument("runs", nargs="+", help="run directories")
@@ -172,8 +182,19 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_reshard(args) -> int:
+    from megadlm.train.universal import reshard
+
+    facts = reshard(args.checkpoint, args.out, args.pp, args.workers)
+    source = facts["layout"]["source"]
+    print(f"wrote {args.out}: universal checkpoint of {args.checkpoint} (tp={source['tp']} pp={source['pp']} "
+          f"dp={source['dp']} zero={source['zero_stage']}) for pp={args.pp}; resume with "
+          f"`megadlm train CONFIG --resume-from {args.out}`")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare, "demo": _cmd_demo,
-            "plan": _cmd_plan, "report": _cmd_report}
+            "plan": _cmd_plan, "report": _cmd_report, "reshard": _cmd_reshard}
 
 
 def main(argv: list[str] | None = None) -> int:

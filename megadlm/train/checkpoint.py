@@ -229,8 +229,23 @@ def _write_atomically(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_manifest(directory: str, tag: str, train_state: dict, facts: dict, config: dict,
+                   sums: dict[str, str]) -> None:
+    manifest = {"format": FORMAT_VERSION, "tag": tag, "train_state": train_state, "facts": facts,
+                "world_size": _rank_world()[1], "config": config,
+                "files": {name: {"bytes": os.path.getsize(os.path.join(directory, name)), "sha256": sums[name]}
+                          for name in sorted(sums)}}
+    _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
+
+
+def hash_directory(directory: str) -> dict[str, str]:
+    """sha256 of every file below `directory` (collective when a process group exists)."""
+    files = _from_rank0(_list_files(directory) if _rank_world()[0] == 0 else None)
+    return _hash_shared(directory, files)
+
+
 def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: RunFacts,
-         resolved_config: dict) -> str:
+         resolved_config: dict, client_extra: dict | None = None) -> str:
     """Collective. Returns the tag; `latest` names it only once it is complete and verified."""
     rank, _ = _rank_world()
     tag, root = tag_of(state.step), checkpoint_root(run_dir)
@@ -238,7 +253,7 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
     if rank == 0 and os.path.exists(work):
         shutil.rmtree(work)  # left by a save that crashed: it was never complete
     _barrier()
-    client = {"train_state": asdict(state)}
+    client = {"train_state": asdict(state), **(client_extra or {})}
     try:
         engine.save_checkpoint(root, tag=INCOMPLETE + tag, client_state=client, save_latest=False)
         # DeepSpeed does not save RNG state; dropout and attention dropout need it for an exact resume.
@@ -249,14 +264,9 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
         raise TrainingError(f"writing checkpoint {tag} failed on rank {rank} ({e}): is the disk full or over "
                             f"quota? {kept}; free space and run the same command to resume") from e
     _barrier()
-    files = _from_rank0(_list_files(work) if rank == 0 else None)
-    sums = _hash_shared(work, files)
+    sums = hash_directory(work)
     if rank == 0:
-        manifest = {"format": FORMAT_VERSION, "tag": tag, "train_state": asdict(state), "facts": asdict(facts),
-                    "world_size": _rank_world()[1], "config": resolved_config,
-                    "files": {name: {"bytes": os.path.getsize(os.path.join(work, name)), "sha256": sums[name]}
-                              for name in files}}
-        _write_atomically(os.path.join(work, MANIFEST), json.dumps(manifest, indent=1))
+        write_manifest(work, tag, asdict(state), asdict(facts), resolved_config, sums)
         final = os.path.join(root, tag)
         if os.path.exists(final):  # a complete save of this step that `latest` never named (a crash)
             shutil.rmtree(final)
@@ -327,6 +337,11 @@ def compatibility_problems(saved: dict, current: RunFacts) -> list[str]:
     for key in sorted(set(saved["data"]) | set(current.data)):
         if saved["data"].get(key) != current.data.get(key):
             problems.append(f"data {key} was {saved['data'].get(key)!r}, now {current.data.get(key)!r}")
+    if saved["layout"].get("universal"):
+        if saved["layout"]["pp"] != current.layout["pp"]:
+            problems.append(f"it was resharded for parallel.pp={saved['layout']['pp']}, this run uses "
+                            f"{current.layout['pp']} (run `megadlm reshard` again with --pp {current.layout['pp']})")
+        return problems
     saved_split = {k: saved["layout"][k] for k in ("tp", "pp", "zero_stage")}
     now_split = {k: current.layout[k] for k in ("tp", "pp", "zero_stage")}
     if saved_split != now_split:

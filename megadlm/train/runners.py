@@ -19,6 +19,7 @@ from megadlm.errors import TrainingError
 from megadlm.objectives import ObjectiveBatch, weighted_loss
 from megadlm.parallel import distributed as pdist
 from megadlm.parallel.partial_grads import sum_partial_grads_over_tp
+from megadlm.train.universal import drop_none_extra_state, universal_info
 
 
 @dataclass
@@ -44,9 +45,10 @@ def _nonfinite_loss(step: int, applied: bool) -> TrainingError:
                          f"Lower optim.lr, check the data, or resume from the last checkpoint")
 
 
-def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool) -> dict:
+def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool, load_universal: bool = False) -> dict:
     o = cfg.optim
     return {
+        "checkpoint": {"load_universal": load_universal},
         "train_batch_size": cfg.schedule.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.schedule.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
@@ -70,16 +72,20 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 class EngineRunner:
-    def __init__(self, cfg: Config, padded_vocab: int, layout: pdist.Layout, grad_accum: int, bf16: bool):
+    def __init__(self, cfg: Config, padded_vocab: int, layout: pdist.Layout, grad_accum: int, bf16: bool,
+                 load_universal: bool = False):
         import deepspeed
 
         from megadlm.model.build import build_model
 
         model = build_model(cfg, padded_vocab)
         sum_partial_grads_over_tp(model.named_parameters())
+        drop_none_extra_state(model)
+        self.universal_info = universal_info(model.named_parameters(), pipeline=False,
+                                             gated_mlp=cfg.model.activation == "swiglu")
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay),
-            config=deepspeed_config(cfg, grad_accum, bf16), mpu=pdist.MegatronMPU())
+            config=deepspeed_config(cfg, grad_accum, bf16, load_universal), mpu=pdist.MegatronMPU())
         self.device = pdist.device()
         self.dp_group = pdist.data_parallel_group()
         self.zero_stage = cfg.parallel.zero_stage
@@ -138,7 +144,8 @@ class EngineRunner:
 
 
 class PipelineRunner:
-    def __init__(self, cfg: Config, padded_vocab: int, layout: pdist.Layout, grad_accum: int, bf16: bool):
+    def __init__(self, cfg: Config, padded_vocab: int, layout: pdist.Layout, grad_accum: int, bf16: bool,
+                 load_universal: bool = False):
         import deepspeed
 
         from megadlm.parallel.pipeline import build_pipeline, check_groups_match
@@ -146,10 +153,13 @@ class PipelineRunner:
         module = build_pipeline(cfg, padded_vocab, layout.tp, layout.pp, layout.dp).to(pdist.device())
         check_groups_match(module._grid)
         sum_partial_grads_over_tp(module.named_parameters())
+        drop_none_extra_state(module)
+        self.universal_info = universal_info(module.named_parameters(), pipeline=True,
+                                             gated_mlp=cfg.model.activation == "swiglu")
         self.loss_fn = module.loss_fn
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=parameter_groups(module, cfg.optim.weight_decay),
-            config=deepspeed_config(cfg, grad_accum, bf16))
+            config=deepspeed_config(cfg, grad_accum, bf16, load_universal))
         # Rank that reports the last stage's sums: TP rank 0 of the last stage of each replica.
         self.reporter = layout.pp_rank == layout.pp - 1 and layout.tp_rank == 0
 
@@ -182,6 +192,7 @@ class PipelineRunner:
         return EvalSums(weighted, tokens, masked_ce, masked)
 
 
-def build_runner(cfg: Config, padded_vocab: int, layout: pdist.Layout, grad_accum: int, bf16: bool):
+def build_runner(cfg: Config, padded_vocab: int, layout: pdist.Layout, grad_accum: int, bf16: bool,
+                 load_universal: bool = False):
     runner = PipelineRunner if layout.pp > 1 else EngineRunner
-    return runner(cfg, padded_vocab, layout, grad_accum, bf16)
+    return runner(cfg, padded_vocab, layout, grad_accum, bf16, load_universal)

@@ -127,7 +127,8 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, man
     grad_accum = cfg.schedule.global_batch_size // (cfg.schedule.micro_batch_size * layout.dp)
     bf16 = compute_dtype(cfg.parallel.precision) == torch.bfloat16
     tensor_bytes_before = live_tensor_bytes(pdist.device().type) if layout.is_main else 0
-    runner = build_runner(cfg, padded, layout, grad_accum, bf16)
+    universal = resume_point is not None and bool(resume_point[1]["facts"]["layout"].get("universal"))
+    runner = build_runner(cfg, padded, layout, grad_accum, bf16, load_universal=universal)
     # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
     torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, layout.dp_rank, layout.pp_rank))
 
@@ -143,7 +144,10 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, man
     resolved = config_to_dict(cfg)
     logger = MetricsLogger(cfg, run_dir, layout.is_main, total_steps, state.step, resolved)
     # what every checkpoint records besides the engine: retention, the run's facts, the config
-    checkpoint_args = (ckpt.Retention(cfg.checkpoint.keep_last, cfg.checkpoint.keep_every), facts, resolved)
+    from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+
+    checkpoint_args = (ckpt.Retention(cfg.checkpoint.keep_last, cfg.checkpoint.keep_every), facts, resolved,
+                       {UNIVERSAL_CHECKPOINT_INFO: runner.universal_info})
     loop = _Loop(cfg, runner, data, val, plan, layout, logger, run_dir, tensor_bytes_before, checkpoint_args)
     if layout.is_main:
         logger.log({"kind": "start", "step": state.step, "total_steps": total_steps,
