@@ -128,6 +128,9 @@ class LoggingConfig:
     progress_bar: bool = True
     # Peak TFLOP/s of one device for MFU; None = known GPUs auto-detected, otherwise MFU is not reported.
     peak_tflops: Optional[float] = None
+    # Record every step's global-batch sample ids in metrics.jsonl (audits the data order, e.g.
+    # across a resume at another data-parallel size). One gather per step.
+    sample_ids: bool = False
 
 
 @dataclass

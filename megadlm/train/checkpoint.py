@@ -341,6 +341,11 @@ def compatibility_problems(saved: dict, current: RunFacts) -> list[str]:
         if saved["layout"]["pp"] != current.layout["pp"]:
             problems.append(f"it was resharded for parallel.pp={saved['layout']['pp']}, this run uses "
                             f"{current.layout['pp']} (run `megadlm reshard` again with --pp {current.layout['pp']})")
+        source_zero3, zero3 = saved["layout"]["source"]["zero_stage"] == 3, current.layout["zero_stage"] == 3
+        if source_zero3 != zero3:
+            problems.append(f"it comes from parallel.zero_stage={saved['layout']['source']['zero_stage']} and "
+                            f"DeepSpeed cannot move optimizer state between ZeRO 1/2 and ZeRO 3: use "
+                            f"parallel.zero_stage={'3' if source_zero3 else '1 or 2'}")
         return problems
     saved_split = {k: saved["layout"][k] for k in ("tp", "pp", "zero_stage")}
     now_split = {k: current.layout[k] for k in ("tp", "pp", "zero_stage")}

@@ -186,6 +186,14 @@ class _Loop:
         return make_batch(self.cfg.objective, tokens, sample_ids, epoch, seed, self.plan.mask_id,
                           self.cfg.data.seq_len, train=train)
 
+    def _global_batch_ids(self, micro) -> list[int]:
+        """This step's sample ids over all data-parallel replicas, in DP-rank order."""
+        lay = self.layout
+        mine = (lay.dp_rank, [int(i) for b in micro for i in b.sample_ids]) if lay.tp_rank == lay.pp_rank == 0 else None
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        return [i for _, ids in sorted(e for e in every if e is not None) for i in ids]
+
     def run(self, state: ckpt.TrainState, stop: StopRequest) -> dict:
         cfg, plan = self.cfg, self.plan
         batches = self.data.batches(state.consumed_samples)
@@ -211,6 +219,8 @@ class _Loop:
             state.tokens_seen += cfg.schedule.global_batch_size * cfg.data.seq_len
             elapsed = time.perf_counter() - t0
             record = self._train_record(state, lr, result, grad_norm, elapsed, epoch_index)
+            if cfg.logging.sample_ids:
+                record["sample_ids"] = self._global_batch_ids(micro)
             if not self.model_state_logged and self.layout.is_main:
                 # Measured once, between steps: what rank 0 holds for parameters and optimizer state
                 # (what `megadlm plan` estimates as model state).
