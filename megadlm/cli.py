@@ -88,6 +88,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pp", type=int, default=1, help="pipeline stages of the run that will resume (default 1)")
     p.add_argument("--workers", type=int, default=1, help="converter processes (default 1)")
 
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory",
+                       description="Export CKPT (any TP/PP/DP/ZeRO 1-2 layout) to OUT: config.json, "
+                                   "model.safetensors and tokenizer files. AR models load with "
+                                   "AutoModelForCausalLM (Qwen3 or Llama); MDM models add "
+                                   "modeling_megadlm_mdm.py (load with trust_remote_code=True).")
+    p.add_argument("checkpoint", help="a complete checkpoint directory, e.g. RUN_DIR/checkpoints/step_00000100")
+    p.add_argument("--format", choices=["hf"], default="hf")
+    p.add_argument("--out", required=True, help="new output directory")
+
     p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
                        description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
     p.add_argument("runs", nargs="+", help="run directories")
@@ -193,8 +202,18 @@ def _cmd_reshard(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from megadlm.convert.export import export_hf
+
+    record = export_hf(args.checkpoint, args.out)
+    print(f"wrote {args.out}: {record['architecture']} ({record['objective']}, step "
+          f"{record['train_state']['step']})")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare, "demo": _cmd_demo,
-            "plan": _cmd_plan, "report": _cmd_report, "reshard": _cmd_reshard}
+            "plan": _cmd_plan, "report": _cmd_report, "reshard": _cmd_reshard,
+            "export": _cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

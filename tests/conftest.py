@@ -72,3 +72,16 @@ def tiny_data(tmp_path_factory) -> Path:
     prepare([str(corpus)], str(out), tokenizer="bytes", seq_len=32, val_fraction=0.1,
             max_tokens=100_000, progress=False)
     return out
+
+
+@pytest.fixture
+def single_rank_groups(tmp_path):
+    """A real one-process gloo world with megatron-core's groups (TP = PP = DP = 1)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    ps.initialize_model_parallel(1, 1)
+    yield
+    ps.destroy_model_parallel()
+    dist.destroy_process_group()

@@ -1,0 +1,86 @@
+"""HF export from a TP2xPP2 checkpoint: standard transformers loading, logits equal to megadlm's
+own forward pass, bidirectional attention for MDM, the byte tokenizer as HF files."""
+import json
+
+import pytest
+import torch
+
+from tests.conftest import TINY, run_cli, sets
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for objective in ("ar", "mdm"):
+        run = root / objective
+        run_cli("train", f"tiny_{objective}", "--run-dir", str(run),
+                *sets(*TINY, f"data.path={tiny_data}", "schedule.max_steps=3", "parallel.tp=2", "parallel.pp=2"),
+                nproc=4)
+        ckpt = run / "checkpoints" / "step_00000003"
+        hf_dir = root / f"{objective}_hf"
+        proc = run_cli("export", str(ckpt), "--out", str(hf_dir))
+        assert f"wrote {hf_dir}" in proc.stdout
+        out[objective] = (ckpt, hf_dir)
+    return out
+
+
+def reference(ckpt):
+    from megadlm.convert.reference import load_reference_model
+    from megadlm.convert.weights import full_weights
+
+    weights, manifest = full_weights(str(ckpt))
+    return load_reference_model(weights, manifest["config"], manifest["facts"]["model"]["padded_vocab_size"])
+
+
+def ids(seed=0):
+    return torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdm"])
+def test_exported_logits_equal_megadlm(single_rank_groups, exported, objective):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from megadlm.convert.reference import reference_logits
+
+    ckpt, hf_dir = exported[objective]
+    if objective == "ar":  # a standard architecture: no remote code
+        hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+        assert type(hf).__name__ == "Qwen3ForCausalLM"
+    else:
+        hf = AutoModel.from_pretrained(hf_dir, trust_remote_code=True, dtype=torch.float32)
+        assert type(hf).__name__ == "MegadlmMDMForMaskedDiffusion" and hf.config.mask_token_id == 257
+    x = ids()
+    ours = reference_logits(reference(ckpt), x)
+    with torch.no_grad():
+        theirs = hf(input_ids=x).logits
+        assert (ours - theirs).abs().max().item() <= 1e-4
+        # attention direction: changing the last token reaches position 0 only in the MDM
+        y = x.clone()
+        y[:, -1] = (y[:, -1] + 1) % 256
+        moved = (hf(input_ids=y).logits[:, 0] - theirs[:, 0]).abs().max().item()
+    assert (moved > 1e-6) if objective == "mdm" else (moved == 0.0)
+
+
+def test_tokenizer_files_reproduce_the_byte_tokenizer(exported):
+    from transformers import AutoTokenizer
+
+    from megadlm.data.tokenizer import ByteTokenizer
+
+    tok = AutoTokenizer.from_pretrained(exported["ar"][1])
+    text = "To be, or not to be — ça va?\n"
+    assert tok.encode(text, add_special_tokens=False) == ByteTokenizer().encode(text)
+    assert tok.decode(ByteTokenizer().encode(text)) == text
+    assert (tok.eos_token_id, tok.mask_token_id) == (256, 257)
+    record = json.loads((exported["ar"][1] / "megadlm_export.json").read_text())
+    assert record["train_state"]["step"] == 3 and record["architecture"] == "Qwen3ForCausalLM"
+
+
+def test_export_never_overwrites(exported, tmp_path):
+    ckpt, hf_dir = exported["ar"]
+    before = sorted(p.name for p in hf_dir.iterdir())
+    proc = run_cli("export", str(ckpt), "--out", str(hf_dir), check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert sorted(p.name for p in hf_dir.iterdir()) == before
