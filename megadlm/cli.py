@@ -97,6 +97,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["hf"], default="hf")
     p.add_argument("--out", required=True, help="new output directory")
 
+    p = sub.add_parser("import", help="turn a Hugging Face model into weights a run starts from",
+                       description="Convert HF_DIR (Qwen3/Llama, or a megadlm MDM export) to OUT/weights.safetensors "
+                                   "(full tensors by megadlm name) and OUT/model.yaml (the matching model "
+                                   "section, with model.init_from set). Any TP/PP layout can start from it, "
+                                   "with either objective (e.g. AR -> MDM adaptation).")
+    p.add_argument("hf_dir", help="a Hugging Face model directory with config.json and *.safetensors")
+    p.add_argument("--out", required=True, help="new output directory")
+
     p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
                        description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
     p.add_argument("runs", nargs="+", help="run directories")
@@ -211,9 +219,18 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_import(args) -> int:
+    from megadlm.convert.import_hf import WEIGHTS_FILE, import_hf
+
+    facts = import_hf(args.hf_dir, args.out)
+    print(f"wrote {args.out}/{WEIGHTS_FILE} ({facts['num_layers']} layers, hidden {facts['hidden_size']}) and "
+          f"{args.out}/model.yaml; start a run with `--set model.init_from={args.out}/{WEIGHTS_FILE}`")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare, "demo": _cmd_demo,
             "plan": _cmd_plan, "report": _cmd_report, "reshard": _cmd_reshard,
-            "export": _cmd_export}
+            "export": _cmd_export, "import": _cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,9 @@ class ModelConfig:
     # Model vocabulary before padding. None takes it from the data manifest (tokenizer size incl. [MASK]).
     vocab_size: Optional[int] = None
     activation_checkpointing: bool = False
+    # Start from these weights instead of random ones: a weights file written by `megadlm import`
+    # (full tensors by parameter name; every TP/PP layout slices them). Ignored when resuming.
+    init_from: Optional[str] = None
 
 
 @dataclass

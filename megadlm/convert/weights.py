@@ -25,7 +25,8 @@ def full_weights(checkpoint: str) -> tuple[dict[str, torch.Tensor], dict]:
     layout = manifest["facts"]["layout"]
     if layout.get(UNIVERSAL_MARK) and layout["pp"] == 1:
         return _read_zero_dir(os.path.join(checkpoint, "zero")), manifest
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(checkpoint))) as tmp:
+    # next to the checkpoint: the universal copy is as large as the checkpoint itself
+    with tempfile.TemporaryDirectory(prefix=".megadlm_export_", dir=os.path.dirname(os.path.abspath(checkpoint))) as tmp:
         out = os.path.join(tmp, "universal")
         reshard(checkpoint, out, target_pp=1)
         return _read_zero_dir(os.path.join(out, "zero")), manifest

@@ -112,7 +112,8 @@ def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
         position_embedding_type=m.position_embedding, rotary_base=m.rotary_base)
     make_rope_device_agnostic(model)
     match_parameter_dtype(model, compute_dtype(cfg.parallel.precision))
-    init_by_name(model.named_parameters(), cfg.run.seed if seed is None else seed, m.init_std, m.num_layers)
+    init_by_name(model.named_parameters(), cfg.run.seed if seed is None else seed, m.init_std, m.num_layers,
+                 m.init_from)
     if m.activation_checkpointing:
         checkpoint_layer_activations(model)
     return model.to(device())

@@ -35,10 +35,15 @@ def tp_shard(full: torch.Tensor, param: torch.nn.Parameter, tp: int, tp_rank: in
 
 @torch.no_grad()
 def init_by_name(named_params: Iterable[tuple[str, torch.nn.Parameter]], seed: int, base_std: float,
-                 num_layers: int) -> None:
+                 num_layers: int, init_from: str | None = None) -> None:
+    """Fill every parameter from (seed, name), or from the full tensors of an imported weights file
+    (`model.init_from`, written by `megadlm import`), sliced for this rank the same way."""
     from megatron.core import parallel_state as ps
 
     tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    if init_from is not None:
+        _copy_from_file(named_params, init_from, tp, tp_rank)
+        return
     for name, param in named_params:
         if param.dim() < 2:
             param.fill_(0.0 if name.endswith(".bias") else 1.0)
@@ -52,3 +57,20 @@ def init_by_name(named_params: Iterable[tuple[str, torch.nn.Parameter]], seed: i
         if sharded:
             full = tp_shard(full, param, tp, tp_rank)
         param.copy_(full.to(dtype=param.dtype, device=param.device))
+
+
+def _copy_from_file(named_params, path: str, tp: int, tp_rank: int) -> None:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:  # reads only the tensors asked for
+        available = set(f.keys())
+        for name, param in named_params:
+            if name not in available:
+                from megadlm.errors import ConfigError
+
+                raise ConfigError(f"model.init_from={path} has no weight {name}: it was imported for "
+                                  f"another model shape")
+            full = f.get_tensor(name)
+            if tp > 1 and getattr(param, "tensor_model_parallel", False):
+                full = tp_shard(full, param, tp, tp_rank)
+            param.copy_(full.to(dtype=param.dtype, device=param.device))

@@ -76,7 +76,7 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
         # never checkpoint the embedding: its integer input has no grad
         checkpointable_layers=["TransformerLayerStage"])
     match_parameter_dtype(module, compute_dtype(cfg.parallel.precision))
-    init_by_name(global_named_parameters(module), cfg.run.seed, m.init_std, m.num_layers)
+    init_by_name(global_named_parameters(module), cfg.run.seed, m.init_std, m.num_layers, m.init_from)
     return module
 
 

@@ -51,20 +51,35 @@ def check_config(cfg: Config, world_size: int) -> dict:
     validate_config(cfg, world_size=world_size, manifest=manifest)
     # The shards' token ids only mean something with the tokenizer that wrote them.
     tokenizer_from_manifest(cfg.data.path)
+    if cfg.model.init_from:
+        from megadlm.convert.import_hf import check_init_from
+
+        vocab = cfg.model.vocab_size or int(manifest["vocab_size"])
+        padded = padded_vocab_size(vocab, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
+        check_init_from(cfg.model.init_from, model_shape(cfg, padded))
     if not cfg.data.remote and os.environ.get("LOCAL_RANK", "0") == "0":
         verify_shards(cfg.data.path)  # once per node; the other ranks wait for it in init
     return manifest
 
 
 # Model fields that do not change what a checkpoint holds (or may change between resumes).
-_NOT_SHAPE = ("init_std", "activation_checkpointing", "make_vocab_size_divisible_by", "vocab_size")
+_NOT_SHAPE = ("init_std", "activation_checkpointing", "make_vocab_size_divisible_by", "vocab_size", "init_from")
+
+
+def model_shape(cfg: Config, padded_vocab: int) -> dict:
+    """The model fields a checkpoint or imported weights must agree with."""
+    model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in _NOT_SHAPE}
+    model["padded_vocab_size"] = padded_vocab
+    if model.get("num_query_groups") is None:
+        model["num_query_groups"] = model["num_attention_heads"]
+    if model.get("kv_channels") is None:
+        model["kv_channels"] = model["hidden_size"] // model["num_attention_heads"]
+    return model
 
 
 def run_facts(cfg: Config, layout: pdist.Layout, padded_vocab: int, manifest: dict) -> ckpt.RunFacts:
-    model = {k: v for k, v in config_to_dict(cfg)["model"].items() if k not in _NOT_SHAPE}
-    model["padded_vocab_size"] = padded_vocab
     return ckpt.RunFacts(
-        objective=cfg.objective.type, model=model,
+        objective=cfg.objective.type, model=model_shape(cfg, padded_vocab),
         layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "zero_stage": cfg.parallel.zero_stage},
         data={"seq_len": cfg.data.seq_len, "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256")})
 
