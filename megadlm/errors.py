@@ -27,3 +27,7 @@ class CheckpointError(UserError):
 
 class RunDirError(UserError):
     """A run directory that cannot be used as asked (not a directory, not writable, already used)."""
+
+
+class DivergenceError(TrainingError):
+    """NaN/inf loss or gradient norm: the step must not be saved (stop, or roll back and skip)."""

@@ -144,9 +144,11 @@ class RunConfig:
     # Stop (and checkpoint) once this step is reached without changing the schedule: for
     # time-sliced jobs. Re-running the same run directory continues to schedule.max_steps.
     stop_at_step: Optional[int] = None
-    # What a NaN/inf loss does: "stop" exits non-zero (code 3) before the step is saved; without
-    # pipeline parallelism also before it is applied.
+    # What a NaN/inf loss or gradient norm does: "stop" exits with code 3 and never saves the step;
+    # "skip" rolls back to the newest checkpoint, marks that global batch to be skipped and goes on
+    # (at most max_skips times per run). Either way the bad step never reaches a checkpoint.
     on_nan: str = "stop"
+    max_skips: int = 10
 
 
 @dataclass

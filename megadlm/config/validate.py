@@ -24,7 +24,7 @@ SCHEDULES = ("cosine", "constant", "wsd")
 SHUFFLE_ALGOS = ("py1e", "py1br", "py1s", "py2s", "naive")
 WANDB_MODES = ("online", "offline", "disabled")
 # Skipping a NaN step needs an overflow-aware optimizer step; until then a NaN stops the run.
-ON_NAN = ("stop",)
+ON_NAN = ("stop", "skip")
 
 Report = Callable[[str], None]
 
@@ -288,6 +288,7 @@ def _check_optim(cfg: Config, report: Report) -> None:
 def _check_logging(cfg: Config, report: Report) -> None:
     _choice("logging.wandb_mode", cfg.logging.wandb_mode, WANDB_MODES, report)
     _choice("run.on_nan", cfg.run.on_nan, ON_NAN, report)
+    _at_least("run.max_skips", cfg.run.max_skips, 0, report)
     if cfg.run.stop_at_step is not None:
         _at_least("run.stop_at_step", cfg.run.stop_at_step, 1, report)
     _at_least("logging.log_interval", cfg.logging.log_interval, 1, report)

@@ -83,6 +83,10 @@ class TrainData:
         from torch.utils.data import DataLoader
 
         epoch, in_epoch = divmod(consumed_samples, self.epoch_samples)
+        # streaming ignores a resume state older than the epoch it expects next (it treats it as
+        # stale); when the trainer rewinds (run.on_nan=skip) that is the epoch being left, so say
+        # which epoch comes next before resuming.
+        self.dataset.next_epoch = epoch
         self.dataset.load_state_dict({
             "epoch": epoch, "sample_in_epoch": in_epoch,
             "num_canonical_nodes": self.cfg.data.num_canonical_nodes,

@@ -40,6 +40,8 @@ class TrainState:
     step: int = 0  # optimizer steps completed
     consumed_samples: int = 0  # global samples consumed (position in the data stream)
     tokens_seen: int = 0
+    # global-batch start positions (consumed-sample counts) that run.on_nan=skip dropped
+    skipped_batches: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -66,6 +66,14 @@ class MetricsLogger:
                                 if isinstance(v, (int, float)) and k != "step"},
                                step=int(record["step"]))
 
+    def rewind(self, step: int) -> None:
+        """Forget records after `step` (a roll-back to that step's checkpoint)."""
+        if not self.enabled:
+            return
+        self.file.close()
+        _truncate_after(self.path, step)
+        self.file = open(self.path, "a", buffering=1)
+
     def progress(self, step: int, postfix: dict) -> None:
         if self.bar is not None:
             self.bar.n = step

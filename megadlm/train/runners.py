@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megadlm.config.schema import Config
-from megadlm.errors import TrainingError
+from megadlm.errors import DivergenceError
 from megadlm.objectives import ObjectiveBatch, weighted_loss
 from megadlm.parallel import distributed as pdist
 from megadlm.parallel.partial_grads import sum_partial_grads_over_tp
@@ -38,11 +38,10 @@ class EvalSums:
     masked_count: float
 
 
-def _nonfinite_loss(step: int, applied: bool) -> TrainingError:
-    where = ("the step was applied in memory but not saved" if applied
-             else "the step was not applied")
-    return TrainingError(f"loss is NaN/inf at step {step}: {where} and no checkpoint was written. "
-                         f"Lower optim.lr, check the data, or resume from the last checkpoint")
+def _nonfinite_loss(step: int) -> DivergenceError:
+    return DivergenceError(f"loss is NaN/inf at step {step}: the step was not saved and no checkpoint was "
+                           f"written. Lower optim.lr, check the data, set run.on_nan=skip, or resume from "
+                           f"the last checkpoint")
 
 
 def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool, load_universal: bool = False) -> dict:
@@ -114,15 +113,16 @@ class EngineRunner:
                                  (~torch.isfinite(loss)).double()])
             self.engine.backward(parts.loss)
             if index == len(batches) - 1:
-                # The last engine.step() applies the update: all ranks agree first, so no rank
-                # applies (or later saves) a step that saw a NaN/inf loss anywhere.
-                bad = sums[3:].clone()
-                if dist.get_world_size() > 1:
-                    dist.all_reduce(bad)
-                if bad.item() > 0:
-                    raise _nonfinite_loss(step, applied=False)
                 norm = self._grad_norm_without_zero() if self.zero_stage == 0 else None
             self.engine.step()
+        # All ranks agree whether any saw a NaN/inf loss. The update is then discarded: the run
+        # stops, or rolls back to the last checkpoint (run.on_nan), so it is never saved. (The
+        # engine still stepped, to keep its accumulation counters and gradient buffers consistent.)
+        bad = sums[3:].clone()
+        if dist.get_world_size() > 1:
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            raise _nonfinite_loss(step)
         loss, masked_ce, masked, _ = pdist.all_reduce_sum(sums.tolist(), self.dp_group)
         dp = dist.get_world_size(self.dp_group)
         if self.zero_stage > 0:
@@ -179,7 +179,7 @@ class PipelineRunner:
         _, masked_ce, masked, _ = self._reported_sums()
         loss = float(loss)
         if not math.isfinite(loss):
-            raise _nonfinite_loss(step, applied=True)
+            raise _nonfinite_loss(step)
         return StepResult(loss, masked_ce, masked, self.engine.get_global_grad_norm())
 
     def evaluate(self, batches: list[ObjectiveBatch]) -> EvalSums:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from megadlm.config.validate import padded_vocab_size, validate_config
 from megadlm.data.integrity import verify_shards
 from megadlm.data.prepare import load_manifest
 from megadlm.data.tokenizer import tokenizer_from_manifest
-from megadlm.errors import CheckpointError, RunDirError, TrainingError
+from megadlm.errors import CheckpointError, DivergenceError, RunDirError, TrainingError
 from megadlm.objectives import make_batch
 from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
 from megadlm.parallel import distributed as pdist
@@ -224,11 +225,23 @@ class _Loop:
             # Every rank pulls its micro-batches, middle pipeline stages included: streaming's
             # barriers need all ranks to iterate.
             micro = [next(batches) for _ in range(plan.grad_accum)]
-            result = self.runner.train_step(
-                [self.objective_batch(b.tokens, b.sample_ids, b.epoch, True, cfg.run.seed) for b in micro],
-                state.step + 1)
-            grad_norm = result.grad_norm
-            self._stop_if_grad_norm_not_finite(grad_norm, state.step)
+            if state.consumed_samples in state.skipped_batches:  # dropped after a NaN (run.on_nan=skip)
+                state.consumed_samples += cfg.schedule.global_batch_size
+                continue
+            step_batches = [self.objective_batch(b.tokens, b.sample_ids, b.epoch, True, cfg.run.seed)
+                            for b in micro]
+            _inject_nan_for_tests(step_batches, micro)
+            try:
+                result = self.runner.train_step(step_batches, state.step + 1)
+                grad_norm = result.grad_norm
+                self._stop_if_grad_norm_not_finite(grad_norm, state.step)
+            except DivergenceError as error:
+                if cfg.run.on_nan != "skip":
+                    raise
+                state = self._roll_back_and_skip(state, error)
+                batches.close()  # end this iteration before streaming starts the rewound one
+                batches = self.data.batches(state.consumed_samples)
+                continue
             state.step += 1
             state.consumed_samples += cfg.schedule.global_batch_size
             state.tokens_seen += cfg.schedule.global_batch_size * cfg.data.seq_len
@@ -266,12 +279,34 @@ class _Loop:
         self.logger.log(summary)
         return summary
 
+    def _roll_back_and_skip(self, state: ckpt.TrainState, error: DivergenceError) -> ckpt.TrainState:
+        """Restore the newest checkpoint (weights, optimizer, RNG) and mark the global batch that
+        diverged to be skipped when the replay reaches it."""
+        bad = state.consumed_samples
+        if len(state.skipped_batches) >= self.cfg.run.max_skips:
+            raise DivergenceError(f"{error} (run.on_nan=skip already skipped run.max_skips="
+                                  f"{self.cfg.run.max_skips} batches: the run is diverging, not unlucky)")
+        chosen = ckpt.choose(self.run_dir)
+        if chosen is None:
+            raise DivergenceError(f"{error} (run.on_nan=skip needs a checkpoint to roll back to: set "
+                                  f"checkpoint.interval)")
+        restored = ckpt.load(self.engine, *chosen)
+        restored.skipped_batches = sorted(set(restored.skipped_batches) | set(state.skipped_batches) | {bad})
+        self.logger.rewind(restored.step)
+        message = (f"step {state.step + 1} diverged ({error}); rolled back to step {restored.step} and will "
+                   f"skip the global batch at sample {bad}")
+        self.logger.log({"kind": "skip", "step": restored.step, "skipped_batch_at_sample": bad,
+                         "message": message})
+        if self.layout.is_main:
+            print(f"megadlm: warning: {message}", file=sys.stderr, flush=True)
+        return restored
+
     def _stop_if_grad_norm_not_finite(self, norm, step: int) -> None:
         # Depending on the ZeRO stage DeepSpeed skips or applies an inf/NaN gradient; either way the
         # run has diverged. The norm is already all-reduced, so every rank stops here together,
         # before this step can be saved.
         if norm is not None and not math.isfinite(float(norm)):
-            raise TrainingError(
+            raise DivergenceError(
                 f"gradient norm is {float(norm)} at step {step + 1}: training has diverged, so the run stops "
                 f"and no checkpoint was written for this step. Lower optim.lr or set optim.grad_clip, then "
                 f"resume from the last checkpoint in {ckpt.checkpoint_root(self.run_dir)}")
@@ -303,3 +338,14 @@ class _Loop:
                   "tokens_seen": state.tokens_seen, **result}
         self.logger.log(record)
         return record
+
+
+def _inject_nan_for_tests(batches, micro) -> None:
+    """Fault injection for the tests of run.on_nan: MEGADLM_FAULT_NAN_SAMPLE=ID makes the loss of
+    any micro-batch holding that sample id NaN (as a broken sample or a hardware fault would)."""
+    target = os.environ.get("MEGADLM_FAULT_NAN_SAMPLE")
+    if target is None:
+        return
+    for batch, raw in zip(batches, micro):
+        if int(target) in [int(i) for i in raw.sample_ids]:
+            batch.weights.fill_(float("nan"))
