@@ -193,7 +193,9 @@ def test_seq_len_need_not_divide_by_tp():
 
 def test_logging_and_run_choices():
     assert "online, offline, disabled" in error_of(tiny(logging={"wandb_mode": "yes"}))
-    assert "run.on_nan" in error_of(tiny(run={"on_nan": "skip"}))
+    msg = error_of(tiny(run={"on_nan": "ignore"}))
+    assert "run.on_nan" in msg and "stop, skip" in msg
+    assert "run.max_skips" in error_of(tiny(run={"max_skips": -1}))
 
 
 # ---------------------------------------------------------------------------------------------
