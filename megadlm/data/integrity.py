@@ -7,6 +7,7 @@ file and the fix. Local data only: remote shards are validated by streaming as t
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -16,11 +17,8 @@ from megadlm.errors import DataError
 def _xxh64(path: str) -> str:
     import xxhash
 
-    digest = xxhash.xxh64()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, xxhash.xxh64).hexdigest()
 
 
 def verify_shards(data_dir: str, splits: tuple[str, ...] = ("train", "val")) -> None:
