@@ -48,7 +48,8 @@ def test_manifest_lists_every_file_with_its_checksum(uninterrupted):
     manifest = json.loads((step / MANIFEST).read_text())
     on_disk = sorted(str(p.relative_to(step)) for p in step.rglob("*") if p.is_file() and p.name != MANIFEST)
     assert sorted(manifest["files"]) == on_disk
-    assert manifest["train_state"] == {"step": 8, "consumed_samples": 64, "tokens_seen": 64 * 32}
+    assert manifest["train_state"] == {"step": 8, "consumed_samples": 64, "tokens_seen": 64 * 32,
+                                       "skipped_batches": []}
     assert manifest["facts"]["objective"] == "ar" and manifest["facts"]["layout"]["dp"] == 1
     assert not list((uninterrupted / "checkpoints").glob(".incomplete_*"))
     # our own files need no unpickling of arbitrary objects
