@@ -69,12 +69,12 @@ def test_inf_gradient_stops_and_never_becomes_a_checkpoint(tiny_data, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000001"]
 
 
-def test_nan_loss_stops_before_the_step(tiny_data, tmp_path):
+def test_nan_loss_stops_and_is_never_saved(tiny_data, tmp_path):
     # Initial weights of std 1e38 overflow fp32 logits in the first forward: the loss is NaN at step 1.
     run = tmp_path / "nan"
     proc = train(tiny_data, run, "schedule.max_steps=5", "model.init_std=1e38", config="tiny_ar", check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert "loss is NaN/inf at step 1" in proc.stderr and "the step was not applied" in proc.stderr
+    assert "loss is NaN/inf at step 1" in proc.stderr and "the step was not saved" in proc.stderr
     assert not (run / "checkpoints" / "latest").exists()
 
 
