@@ -21,7 +21,7 @@ from megadlm.config.validate import padded_vocab_size, validate_config
 from megadlm.data.integrity import verify_shards
 from megadlm.data.prepare import load_manifest
 from megadlm.data.tokenizer import tokenizer_from_manifest
-from megadlm.errors import CheckpointError, DivergenceError, RunDirError, TrainingError
+from megadlm.errors import CheckpointError, DivergenceError, RunDirError
 from megadlm.objectives import make_batch
 from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
 from megadlm.parallel import distributed as pdist
