@@ -85,3 +85,15 @@ def single_rank_groups(tmp_path):
     yield
     ps.destroy_model_parallel()
     dist.destroy_process_group()
+
+
+def snapshot(*roots) -> dict[str, bytes]:
+    """Every file under `roots` with its bytes: to prove a refused command changed nothing."""
+    out = {}
+    for root in roots:
+        for base, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(base, name)
+                with open(path, "rb") as f:
+                    out[path] = f.read()
+    return out

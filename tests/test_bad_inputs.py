@@ -7,7 +7,6 @@ changed objective or ZeRO layout (tests/train/test_checkpoint.py), damaged check
 (ibid.), NaN/inf loss (tests/train/test_train.py::test_inf_gradient_stops_and_never_becomes_a_checkpoint).
 """
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -15,20 +14,9 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY, megadlm_env, run_cli, sets
+from tests.conftest import REPO, TINY, megadlm_env, run_cli, sets, snapshot
 
 pytestmark = pytest.mark.slow
-
-
-def snapshot(*roots):
-    out = {}
-    for root in roots:
-        for base, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(base, name)
-                with open(path, "rb") as f:
-                    out[path] = f.read()
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 unfinished saves, --resume-from, retention, refusal of incompatible resumes (changing nothing),
 weights_only-loadable files of our own. Every run is a real `megadlm train`."""
 import json
-import os
 import shutil
 
 import pytest
 import torch
 
 from megadlm.train.checkpoint import MANIFEST, Retention, _prune
-from tests.conftest import TINY, run_cli, sets, train_records
+from tests.conftest import TINY, run_cli, sets, snapshot, train_records
 
 pytestmark = pytest.mark.slow
 
@@ -23,17 +22,6 @@ def train(tiny_data, run_dir, *extra, config="tiny_ar", check=True, args=()):
 
 def losses(run_dir):
     return {r["step"]: (r["loss"], r["grad_norm"]) for r in train_records(run_dir)}
-
-
-def snapshot(run_dir):
-    """Every file of a run directory with its bytes: to prove a refused command changed nothing."""
-    out = {}
-    for base, _, names in os.walk(run_dir):
-        for name in names:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, run_dir)] = f.read()
-    return out
 
 
 @pytest.fixture(scope="module")
