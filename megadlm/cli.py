@@ -15,6 +15,16 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
 
 
+def _add_sampling_arguments(p: argparse.ArgumentParser, length_flag: str) -> None:
+    g = p.add_argument_group("sampling (MDM: iterative unmasking)")
+    g.add_argument(length_flag, dest="gen_length", type=int,
+                   help="tokens to generate (default: half the model's trained length)")
+    g.add_argument("--steps", type=int, help="unmasking steps (default: one per token)")
+    g.add_argument("--block-length", type=int, help="semi-autoregressive block length (default: all at once)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megadlm",
@@ -104,6 +114,35 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "with either objective (e.g. AR -> MDM adaptation).")
     p.add_argument("hf_dir", help="a Hugging Face model directory with config.json and *.safetensors")
     p.add_argument("--out", required=True, help="new output directory")
+
+    p = sub.add_parser("eval", help="run lm-eval tasks on a checkpoint, run directory or HF export",
+                       description="Evaluate MODEL (a checkpoint, a run directory's newest verified checkpoint, "
+                                   "or an HF export) with lm-evaluation-harness. Checkpoints are exported first "
+                                   "(beside the checkpoint, or to --export-dir). MDM models are scored by the "
+                                   "Monte-Carlo ELBO (or the exact left-to-right chain rule) and sampled by "
+                                   "iterative unmasking; AR models use lm-eval's own `hf` model. Writes "
+                                   "OUT/results.json recording the estimator, mc_num and seeds.")
+    p.add_argument("model", help="checkpoint directory, run directory or Hugging Face export directory")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument("--out", required=True, help="directory for results.json")
+    p.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
+    p.add_argument("--include-path", help="directory of extra task YAML files (local tasks)")
+    p.add_argument("--estimator", choices=["mc_elbo", "chain_rule"], default="mc_elbo",
+                   help="MDM likelihood estimator (default mc_elbo)")
+    p.add_argument("--mc-num", type=int, default=128, help="Monte-Carlo samples per MDM likelihood (default 128)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the estimator, sampler and lm-eval (default 1234)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="AR batch size (default 8)")
+    p.add_argument("--export-dir", help="where a checkpoint is exported (default: CKPT.hf beside it)")
+    _add_sampling_arguments(p, length_flag="--gen-length")
+
+    p = sub.add_parser("generate", help="continue a prompt with an MDM or AR checkpoint or export",
+                       description="Generate text after PROMPT. MDM: iterative low-confidence unmasking of "
+                                   "--max-new-tokens masks; AR: greedy or sampled decoding.")
+    p.add_argument("model", help="checkpoint directory, run directory or Hugging Face export directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    _add_sampling_arguments(p, length_flag="--max-new-tokens")
 
     p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
                        description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
@@ -228,9 +267,36 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from megadlm.evaluation.run import EvalRequest, run_eval, summary_lines
+
+    generation = {k: getattr(args, k) for k in ("gen_length", "steps", "block_length", "temperature", "remasking")}
+    req = EvalRequest(model=args.model, tasks=[t for t in args.tasks.split(",") if t], out=args.out,
+                      limit=args.limit, include_path=args.include_path, estimator=args.estimator,
+                      mc_num=args.mc_num, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                      export_dir=args.export_dir, generation=generation)
+    record = run_eval(req)
+    for line in summary_lines(record):
+        print(line)
+    print(f"wrote {os.path.join(args.out, 'results.json')}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    import contextlib
+
+    from megadlm.evaluation.run import generate_text
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the text (export logs go to stderr)
+        text = generate_text(args.model, args.prompt, args.gen_length, args.temperature, args.seed,
+                             args.steps, args.block_length, args.remasking)
+    print(args.prompt + text)
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare, "demo": _cmd_demo,
             "plan": _cmd_plan, "report": _cmd_report, "reshard": _cmd_reshard,
-            "export": _cmd_export, "import": _cmd_import}
+            "export": _cmd_export, "import": _cmd_import, "eval": _cmd_eval, "generate": _cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:

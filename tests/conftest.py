@@ -19,6 +19,9 @@ TINY = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128
         "logging.progress_bar=false", "data.val_max_samples=32", "optim.lr=3e-3"]
 
 
+# Tests never reach the Hugging Face Hub: models and lm-eval tasks are local files.
+OFFLINE_HF = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
@@ -28,6 +31,7 @@ def megadlm_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("WANDB_MODE", "disabled")
+    env.update(OFFLINE_HF)
     return env
 
 

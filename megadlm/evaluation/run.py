@@ -1,0 +1,146 @@
+"""`megadlm eval` and `megadlm generate`: lm-eval on a checkpoint, run or HF export of either family.
+
+MDM models go through the `megadlm_mdm` lm-eval model type (ELBO likelihoods, diffusion sampling);
+AR models through lm-eval's own `hf` model on the export, so AR scores are what the community's tools
+report for the same weights.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megadlm.evaluation.models import (
+    EvalError,
+    default_export_dir,
+    objective_of,
+    resolve_hf_dir,
+)
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class EvalRequest:
+    model: str
+    tasks: list[str]
+    out: str
+    limit: float | None = None
+    include_path: str | None = None
+    estimator: str = "mc_elbo"
+    mc_num: int = 128
+    seed: int = 1234
+    device: str = "cpu"
+    batch_size: int = 8
+    export_dir: str | None = None
+    generation: dict = field(default_factory=dict)  # gen_length, steps, block_length, temperature, remasking
+
+
+def _task_manager(include_path: str | None):
+    from lm_eval.tasks import TaskManager
+
+    if include_path and not Path(include_path).is_dir():
+        raise EvalError(f"--include-path {include_path} is not a directory of task YAML files")
+    return TaskManager(include_path=include_path)
+
+
+def _check_tasks(manager, tasks: list[str]) -> None:
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise EvalError(f"unknown lm-eval task(s) {', '.join(unknown)}: check the names (`lm_eval ls tasks`) or "
+                        f"pass --include-path DIR with their YAML files")
+
+
+def _build_model(hf_dir: Path, req: EvalRequest):
+    if objective_of(hf_dir) == "mdm":
+        from megadlm.evaluation.harness import MegadlmDiffusionLM
+
+        model = MegadlmDiffusionLM(pretrained=str(hf_dir), estimator=req.estimator, mc_num=req.mc_num,
+                                   seed=req.seed, device=req.device, **req.generation)
+        return model, {"model_type": "megadlm_mdm", **model.estimator_record()}
+    import lm_eval.models  # noqa: F401  (fills the registry with `hf`)
+    from lm_eval.models.huggingface import HFLM
+
+    model = HFLM(pretrained=str(hf_dir), dtype="float32", device=req.device, batch_size=req.batch_size)
+    return model, {"model_type": "hf", "estimator": "autoregressive_exact", "mc_num": None, "seed": req.seed}
+
+
+def run_eval(req: EvalRequest) -> dict:
+    """Evaluate, write OUT/results.json (atomically) and return its content."""
+    import lm_eval
+    from lm_eval import simple_evaluate
+
+    if not req.tasks:
+        raise EvalError("--tasks is empty: name at least one lm-eval task")
+    out = Path(req.out)
+    if (out / RESULTS_FILE).exists():
+        raise EvalError(f"{out / RESULTS_FILE} already exists: choose another --out (nothing was overwritten)")
+    manager = _task_manager(req.include_path)
+    _check_tasks(manager, req.tasks)
+    hf_dir, source = resolve_hf_dir(req.model, req.export_dir or default_export_dir(req.model))
+    model, estimator = _build_model(hf_dir, req)
+    results = simple_evaluate(model=model, tasks=req.tasks, limit=req.limit, task_manager=manager,
+                              random_seed=req.seed, numpy_random_seed=req.seed, torch_random_seed=req.seed,
+                              fewshot_random_seed=req.seed, log_samples=False, bootstrap_iters=1000)
+    record = {
+        "model": source, "objective": objective_of(hf_dir), "evaluator": estimator,
+        "tasks": results["results"], "n_samples": results.get("n-samples", {}),
+        "versions": results.get("versions", {}), "limit": req.limit, "lm_eval_version": lm_eval.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RESULTS_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, out / RESULTS_FILE)
+    return record
+
+
+def summary_lines(record: dict) -> list[str]:
+    """One line per task: its metrics with standard errors, sample count and the estimator."""
+    ev = record["evaluator"]
+    how = ev["estimator"] + (f" mc_num={ev['mc_num']} seed={ev['seed']}" if ev.get("mc_num") else "")
+    lines = []
+    for task, metrics in record["tasks"].items():
+        parts = []
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+                continue
+            name = key.split(",")[0]
+            err = metrics.get(f"{name}_stderr,{key.split(',', 1)[1]}")
+            parts.append(f"{name}={value:.4f}" + (f"±{err:.4f}" if isinstance(err, (int, float)) else ""))
+        n = record["n_samples"].get(task, {}).get("effective", "?")
+        lines.append(f"{task}: {' '.join(parts)} (n={n}, {how})")
+    return lines
+
+
+def generate_text(model_path: str, prompt: str, max_new_tokens: int | None, temperature: float, seed: int,
+                  steps: int | None, block_length: int | None, remasking: str) -> str:
+    """Continue `prompt` with either family; checkpoints are exported to a temporary directory."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="megadlm_generate_") as tmp:
+        hf_dir, _ = resolve_hf_dir(model_path, Path(tmp) / "hf")
+        if objective_of(hf_dir) == "mdm":
+            from megadlm.evaluation.harness import MegadlmDiffusionLM
+
+            lm = MegadlmDiffusionLM(pretrained=str(hf_dir), seed=seed, gen_length=max_new_tokens,
+                                    steps=steps, block_length=block_length, temperature=temperature,
+                                    remasking=remasking)
+            return lm.generate(prompt)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+        max_new_tokens = max_new_tokens or max(1, model.config.max_position_embeddings // 2)
+        tok = AutoTokenizer.from_pretrained(str(hf_dir))
+        ids = tok(prompt or tok.eos_token, return_tensors="pt", add_special_tokens=False).input_ids
+        ids = ids[:, -max(1, model.config.max_position_embeddings - max_new_tokens):]
+        torch.manual_seed(seed)
+        vocab = len(tok)
+        banned = [[i] for i in range(vocab, model.config.vocab_size)]
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id,
+                             bad_words_ids=banned or None, **sampling)[0, ids.size(1):]
+        return tok.decode(new, skip_special_tokens=True)
