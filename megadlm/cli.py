@@ -25,6 +25,36 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, length_flag: str) -> Non
     g.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
 
 
+def _add_slurm_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Slurm resources")
+    g.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node = ranks per node (default 0: CPU)")
+    g.add_argument("--procs-per-node", type=int, help="ranks per node on CPU nodes (default 1)")
+    g.add_argument("--cpus-per-task", type=int, help="CPUs for each node's launcher (default 4 per GPU or 1 per rank)")
+    g.add_argument("--time", help="time limit, e.g. 2-00:00:00 or 60 (minutes)")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--signal-margin", type=int, default=120,
+                   help="seconds before the time limit at which the run checkpoints (default 120)")
+    g.add_argument("--max-restarts", type=int, default=5, help="automatic requeues per job (default 5)")
+    g.add_argument("--sbatch", dest="sbatch_extra", action="append", default=[], metavar="OPTION",
+                   help="another sbatch option, e.g. --sbatch=--constraint=h100 (repeatable)")
+    g.add_argument("--launcher-wrapper", default="", metavar="CMD",
+                   help="run each node's torchrun under CMD, e.g. 'apptainer exec --nv image.sif'")
+    g.add_argument("--dry-run", action="store_true", help="print the sbatch script; write and submit nothing")
+
+
+def _slurm_resources(args):
+    from megadlm.slurm.submit import Resources
+
+    return Resources(nodes=args.nodes, gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node,
+                     cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
+                     account=args.account, qos=args.qos, signal_margin_s=args.signal_margin,
+                     max_restarts=args.max_restarts, extra=args.sbatch_extra,
+                     launcher_wrapper=args.launcher_wrapper)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megadlm",
@@ -143,6 +173,32 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--seed", type=int, default=0)
     _add_sampling_arguments(p, length_flag="--max-new-tokens")
+
+    p = sub.add_parser("submit", help="submit a training run to Slurm (multi-node, auto-requeue)",
+                       description="Render an sbatch script from slurm/train.sbatch (one torchrun per node, "
+                                   "static rendezvous on the first node), write it and the resolved config into "
+                                   "RUN_DIR/slurm/, submit it and print the job id. Before the time limit "
+                                   "(--signal=B:USR1@margin) or on preemption (SIGTERM) the trainer checkpoints "
+                                   "and stops; the job requeues itself and resumes, up to --max-restarts times.")
+    _add_config_arguments(p)
+    _add_slurm_arguments(p)
+    p.add_argument("--run-dir", help="run directory (default: run.run_dir or runs/<run.name>)")
+
+    p = sub.add_parser("sweep", help="submit a grid of runs (objective x regulariser x budget x seed) as a job array",
+                       description="Expand GRID.yaml (base config, common `set`, named `arms`, `grid` axes, "
+                                   "`resources`) into one run directory per point under the sweep directory, "
+                                   "with sweep.json as manifest, and submit one Slurm job array (task i = point i). "
+                                   "See megadlm/slurm/sweep.py for the file format.")
+    p.add_argument("grid", help="sweep YAML file")
+    p.add_argument("--dry-run", action="store_true", help="list the points and print the script; submit nothing")
+    p.add_argument("--local", action="store_true",
+                   help="no Slurm: train the points one after another on this machine (run again to continue)")
+
+    p = sub.add_parser("status", help="state, step, epoch and last losses of a sweep's or a run's jobs",
+                       description="Show each run of SWEEP_OR_RUN_DIR: Slurm state (scontrol/sacct), step, "
+                                   "epoch, last train and validation loss, restarts, and the log of failed runs.")
+    p.add_argument("path", help="sweep directory (sweep.json) or run directory")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
                        description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
@@ -294,9 +350,50 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_submit(args) -> int:
+    from megadlm.slurm.submit import submit_run
+
+    out = submit_run(args.config, args.overrides, _slurm_resources(args), args.run_dir, args.dry_run)
+    if args.dry_run:
+        sys.stdout.write(out["script"])
+    else:
+        print(f"submitted job {out['job_id']}: {out['run_dir']} (script {out['script']})")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from megadlm.slurm.sweep import submit_sweep
+
+    out = submit_sweep(args.grid, args.dry_run, local=args.local)
+    for p in out["points"]:
+        print(f"  [{p['index']}] {p['name']}: " + " ".join(f"{k}={v}" for k, v in p["grid"].items())
+              + (f" (arm {p['arm']})" if p["arm"] else ""))
+    if args.dry_run:
+        sys.stdout.write(out["script"])
+    elif args.local:
+        failed = [name for name, code in out["local_exit_codes"].items() if code != 0]
+        print(f"ran {len(out['points'])} points locally: {out['sweep_dir']}"
+              + (f"; failed: {', '.join(failed)} (see `megadlm status {out['sweep_dir']}`)" if failed else ""))
+        return 1 if failed else 0
+    else:
+        print(f"submitted array job {out['job_id']} ({len(out['points'])} points): {out['sweep_dir']}")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    import json
+
+    from megadlm.slurm.status import collect, format_rows
+
+    rows = collect(args.path)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare, "demo": _cmd_demo,
             "plan": _cmd_plan, "report": _cmd_report, "reshard": _cmd_reshard,
-            "export": _cmd_export, "import": _cmd_import, "eval": _cmd_eval, "generate": _cmd_generate}
+            "export": _cmd_export, "import": _cmd_import, "eval": _cmd_eval, "generate": _cmd_generate,
+            "submit": _cmd_submit, "sweep": _cmd_sweep, "status": _cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,13 @@ every evaluation scores exactly the same sequences with no padding or duplicates
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -38,12 +43,19 @@ def _collate(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, ids
 
 
+def _node_name() -> str:
+    """This node's cache name: the host, plus torchrun's node rank when it is not 0 (two launcher
+    "nodes" on one host, as on a test cluster, must not download into one directory)."""
+    group = os.environ.get("GROUP_RANK", "0")
+    return socket.gethostname() + ("" if group == "0" else f"-node{group}")
+
+
 def split_source(cfg: Config, split: str, run_dir: str) -> tuple[str, str]:
     """(remote, local) for a split. Shards are copied into a per-host cache so the prepared data
     directory is only ever read (it may be shared by many runs)."""
     base = cfg.data.remote or cfg.data.path
     remote = base.rstrip("/") + "/" + split
-    cache_root = cfg.data.cache_dir or os.path.join(run_dir, ".cache", socket.gethostname())
+    cache_root = cfg.data.cache_dir or os.path.join(run_dir, ".cache", _node_name())
     return remote, os.path.join(cache_root, split)
 
 
@@ -59,6 +71,41 @@ def samples_per_epoch(available: int, unique_tokens: int | None, seq_len: int, g
     return usable
 
 
+@contextlib.contextmanager
+def streaming_registration_lock(timeout_s: float = 300.0):
+    """Serialise mosaicml-streaming's shared-memory registration between jobs on one host.
+
+    streaming picks its shared-memory prefix as the first free one and creates it later, between two
+    barriers; two jobs starting together on a node (a Slurm array packed on one machine, two runs
+    launched at once) pick the same prefix and one dies with FileExistsError '/000000_locals'. Each
+    job's local leader therefore holds a host-wide lock while its dataset registers. The lock file
+    is in /dev/shm, the namespace the names collide in. After `timeout_s` the leader goes on
+    without it (a warning) rather than wait forever.
+    """
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    with open(os.path.join(directory, "megadlm-streaming-register.lock"), "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        locked = False
+        while not locked:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    print(f"megadlm: warning: {f.name} still held after {timeout_s:.0f} s; registering "
+                          f"streaming shared memory without it", file=sys.stderr)
+                    break
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class TrainData:
     def __init__(self, cfg: Config, manifest: dict, run_dir: str, replication: int, seed: int):
         from streaming import Stream, StreamingDataset
@@ -71,11 +118,12 @@ class TrainData:
         remote, local = split_source(cfg, "train", run_dir)
         stream = Stream(remote=remote, local=local, validate_hash="xxh64",
                         choose=self.epoch_samples if self.epoch_samples < available else None)
-        self.dataset = StreamingDataset(
-            streams=[stream], shuffle=cfg.data.shuffle, shuffle_algo=cfg.data.shuffle_algo,
-            shuffle_seed=seed, num_canonical_nodes=cfg.data.num_canonical_nodes,
-            batch_size=cfg.schedule.micro_batch_size, replication=replication,
-            sampling_method="fixed", allow_unsafe_types=False)
+        with streaming_registration_lock():
+            self.dataset = StreamingDataset(
+                streams=[stream], shuffle=cfg.data.shuffle, shuffle_algo=cfg.data.shuffle_algo,
+                shuffle_seed=seed, num_canonical_nodes=cfg.data.num_canonical_nodes,
+                batch_size=cfg.schedule.micro_batch_size, replication=replication,
+                sampling_method="fixed", allow_unsafe_types=False)
         self.steps_per_epoch = self.epoch_samples // self.global_batch
 
     def batches(self, consumed_samples: int) -> Iterator[TrainBatch]:
@@ -118,8 +166,9 @@ class ValData:
         from megadlm.parallel.distributed import env_world_size
 
         world = env_world_size()
-        self.dataset = StreamingDataset(remote=remote, local=local, validate_hash="xxh64", shuffle=False, batch_size=1,
-                                        replication=world)
+        with streaming_registration_lock():
+            self.dataset = StreamingDataset(remote=remote, local=local, validate_hash="xxh64", shuffle=False,
+                                            batch_size=1, replication=world)
         total = int(split["samples"])
         if cfg.data.val_max_samples is not None:
             total = min(total, cfg.data.val_max_samples)

@@ -21,7 +21,7 @@ from megadlm.config.validate import padded_vocab_size, validate_config
 from megadlm.data.integrity import verify_shards
 from megadlm.data.prepare import load_manifest
 from megadlm.data.tokenizer import tokenizer_from_manifest
-from megadlm.errors import CheckpointError, DivergenceError, RunDirError
+from megadlm.errors import CheckpointError, ConfigError, DivergenceError, RunDirError
 from megadlm.objectives import make_batch
 from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
 from megadlm.parallel import distributed as pdist
@@ -48,6 +48,14 @@ class RunPlan:
 def check_config(cfg: Config, world_size: int) -> dict:
     """Every check that needs no process group; returns the data manifest."""
     validate_config(cfg, world_size=world_size)
+    if cfg.data.remote and not cfg.data.path:
+        # data only on an object store: its manifest and tokenizer are fetched into a local cache
+        from megadlm.data.remote import fetch_metadata
+
+        cfg.data.path = str(fetch_metadata(cfg.data.remote))
+    elif not cfg.data.path:
+        raise ConfigError("data.path is not set: point it at a `megadlm prepare` output directory "
+                          "(--set data.path=DIR), or set data.remote to its copy on an object store")
     manifest = load_manifest(cfg.data.path)
     validate_config(cfg, world_size=world_size, manifest=manifest)
     # The shards' token ids only mean something with the tokenizer that wrote them.
@@ -100,6 +108,11 @@ def _resume_point(cfg: Config, run_dir: str, resume: bool, resume_from: str | No
             raise CheckpointError(f"cannot resume from {chosen[0]}: " + "; ".join(problems)
                                 + ". Nothing in the run directory was changed.")
     return chosen
+
+
+def slurm_restarts() -> int:
+    """How many times Slurm has requeued this job (0 outside Slurm): recorded in the metrics."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def check_run_dir(run_dir: str) -> None:
@@ -172,6 +185,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, man
                     "tp": layout.tp, "pp": layout.pp, "dp": layout.dp, "grad_accum": grad_accum,
                     "zero_stage": cfg.parallel.zero_stage, "padded_vocab_size": padded,
                     "objective": cfg.objective.type, "resumed": state.step > 0,
+                    "restarts": slurm_restarts(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                     "flops_per_token": loop.flops_per_token,
                     "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
     stop = StopRequest(run_dir)
@@ -319,7 +333,7 @@ class _Loop:
                   "repetition": epoch_index + 1, "loss": result.loss, "lr": lr,
                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
                   "tokens_seen": state.tokens_seen, "consumed_samples": state.consumed_samples,
-                  "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
+                  "restarts": slurm_restarts(), "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
                   "tflops_per_device": tflops / self.layout.world_size,
                   "mfu": (tflops / self.layout.world_size / self.peak_tflops) if self.peak_tflops else None}
         if self.cfg.objective.type == "mdm" or result.masked_count > 0:
