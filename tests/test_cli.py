@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import REPO, TINY, megadlm_env, run_cli, sets
 
-COMMANDS = ["prepare", "train", "config", "demo", "plan", "report"]
+COMMANDS = ["prepare", "train", "config", "demo", "plan", "report", "reshard", "export", "import", "eval", "generate",
+            "submit", "sweep", "status"]
 
 
 def test_help_is_fast_and_imports_no_torch():

@@ -46,7 +46,11 @@ def test_two_nodes_two_ranks_each_match_torchrun(slurm_cluster, tiny_data, tmp_p
     assert max(abs(a - b) for (_, a), (_, b) in zip(ours, reference)) <= 1e-6
 
 
-def test_warning_signal_checkpoints_requeues_and_resumes_bit_identically(slurm_cluster, tiny_data, tmp_path):
+@pytest.mark.parametrize("signal", [
+    "USR1",  # what --signal=B:USR1@margin sends before the time limit, delivered now
+    "TERM",  # a SIGTERM to the job script (e.g. `scancel --signal=TERM --batch` by an operator)
+])
+def test_signal_checkpoints_requeues_and_resumes_bit_identically(slurm_cluster, tiny_data, tmp_path, signal):
     args = sets(*TINY, f"data.path={tiny_data}", "schedule.max_steps=60", "checkpoint.interval=1000")
     run_dir = tmp_path / "slurm"
     proc = run_cli("submit", "tiny_ar", *args, "--nodes", "1", "--procs-per-node", "2", "--time", "10",
@@ -58,12 +62,11 @@ def test_warning_signal_checkpoints_requeues_and_resumes_bit_identically(slurm_c
                                                         for r in read_jsonl(run_dir / "metrics.jsonl")):
             break
         time.sleep(0.2)
-    # what Slurm does at `--signal=B:USR1@margin` before the time limit, delivered now
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    subprocess.run(["scancel", f"--signal={signal}", "--batch", job_id], check=True)
     (job,) = wait_for(job_id)
     text = log_of(job)
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", text
-    assert "got USR1" in text and "requeueing (restart 1 of at most 5)" in text
+    assert f"got {signal}" in text and "requeueing (restart 1 of at most 5)" in text
     records = train_records(run_dir)
     interrupted_at = max(r["step"] for r in records if r["restarts"] == 0)
     assert 3 <= interrupted_at < 60 and records[-1]["restarts"] == 1
