@@ -1,0 +1,64 @@
+"""Sweep files without a cluster: expansion, validation before writing, and `--local` runs with
+`megadlm status` reading their results."""
+import json
+
+import pytest
+import yaml
+
+from megadlm.errors import ConfigError
+from megadlm.slurm.sweep import expand, load_grid
+from tests.conftest import TINY, run_cli, snapshot
+
+
+def write(tmp_path, grid) -> str:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return str(path)
+
+
+def test_points_are_arms_times_grid_with_values_that_round_trip(tmp_path):
+    grid = load_grid(write(tmp_path, {
+        "base": "tiny_ar", "set": {"data.path": "d", "optim.lr": 1.0e-3},
+        "arms": {"mdm": {"objective.type": "mdm"}, "ar_wd": {"objective.type": "ar", "optim.weight_decay": 0.5}},
+        "grid": {"run.seed": [1, 2], "data.unique_tokens": [100000, 1.0e30]}}))
+    points = expand(grid)
+    assert len(points) == 8 and [p["index"] for p in points] == list(range(8))
+    assert points[0]["name"] == "mdm-seed1-unique_tokens100000"
+    assert points[-1]["overrides"][-2:] == ["run.seed=2", "data.unique_tokens=1.0e+30"]
+    from megadlm.config.loader import parse_override
+
+    assert parse_override(points[-1]["overrides"][-1])[1] == 1e30  # a float, not the string '1e+30'
+    assert "optim.weight_decay=0.5" in points[-1]["overrides"]
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"base": "tiny_ar", "grids": {}}, "unknown key(s) grids"),
+    ({"set": {}}, "`base:`"),
+    ({"base": "tiny_ar", "grid": {"run.seed": []}}, "non-empty lists"),
+])
+def test_bad_sweep_files_are_refused(tmp_path, grid, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_grid(write(tmp_path, grid))
+
+
+def test_a_bad_point_is_refused_before_anything_is_written(tiny_data, tmp_path):
+    path = write(tmp_path, {"base": "tiny_ar", "out": str(tmp_path / "sweep"),
+                            "set": [*TINY, f"data.path={tiny_data}"],
+                            "arms": {"ok": {}, "bad": {"model.num_attention_heads": 5}}})
+    before = snapshot(tmp_path)
+    proc = run_cli("sweep", path, "--local", check=False)
+    assert proc.returncode == 2 and "sweep point bad:" in proc.stderr and "Traceback" not in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_local_sweep_runs_every_point_and_status_reads_it(tiny_data, tmp_path):
+    path = write(tmp_path, {"base": "tiny_mdm", "out": str(tmp_path / "sweep"),
+                            "set": [*TINY, f"data.path={tiny_data}", "schedule.max_steps=2"],
+                            "arms": {"mdm": {"objective.type": "mdm"}, "ar": {"objective.type": "ar"}}})
+    proc = run_cli("sweep", path, "--local")
+    assert "ran 2 points locally" in proc.stdout
+    rows = json.loads(run_cli("status", str(tmp_path / "sweep"), "--json").stdout)
+    assert [(r["name"], r["state"], r["step"]) for r in rows] == [("mdm", "COMPLETED", 2), ("ar", "COMPLETED", 2)]
+    again = run_cli("sweep", path, "--local")  # finished points are not trained again
+    assert "ran 2 points locally" in again.stdout and "->" not in again.stdout
