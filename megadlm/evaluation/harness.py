@@ -18,7 +18,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from megadlm.evaluation import likelihood
-from megadlm.evaluation.models import EvalError, load_diffusion_model
+from megadlm.evaluation.models import EvalError, load_diffusion_model, resolve_hf_dir
 from megadlm.evaluation.sampler import check_schedule, diffusion_generate
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ class MegadlmDiffusionLM(TemplateLM):
         super().__init__()
         if estimator not in likelihood.ESTIMATORS:
             raise EvalError(f"estimator {estimator!r} must be one of {', '.join(likelihood.ESTIMATORS)}")
-        self.lm = load_diffusion_model(pretrained, device=device or "cpu", dtype=dtype)
+        # an HF export, or a megadlm checkpoint / run directory (exported beside it on first use)
+        hf_dir, self.source = resolve_hf_dir(str(pretrained))
+        self.lm = load_diffusion_model(hf_dir, device=device or "cpu", dtype=dtype)
         self.tokenizer = self.lm.tokenizer
         self.estimator, self.mc_num, self.mc_batch_size = estimator, int(mc_num), int(mc_batch_size)
         if self.mc_num < 1:

@@ -23,9 +23,10 @@ def objective_of(hf_dir: str | Path) -> str:
     return "mdm" if config.get("model_type") == MDM_MODEL_TYPE else "ar"
 
 
-def resolve_hf_dir(path: str, export_to: str | Path) -> tuple[Path, dict]:
-    """(an HF directory for `path`, where it came from). Checkpoints and run directories are exported
-    to `export_to` (reused when it already holds the export of the same checkpoint)."""
+def resolve_hf_dir(path: str, export_to: str | Path | None = None) -> tuple[Path, dict]:
+    """(an HF directory for `path`, where it came from). Checkpoints and run directories (their
+    newest verified checkpoint) are exported to `export_to`, by default CKPT.hf beside the
+    checkpoint; an existing export of the same checkpoint is reused."""
     from megadlm.convert.export import export_hf
     from megadlm.train import checkpoint as ckpt
 
@@ -42,7 +43,7 @@ def resolve_hf_dir(path: str, export_to: str | Path) -> tuple[Path, dict]:
     else:
         raise EvalError(f"{path} is not an HF model directory (config.json), a checkpoint ({MANIFEST}) "
                         f"or a run directory with checkpoints")
-    export_to = Path(export_to)
+    export_to = Path(export_to) if export_to else checkpoint.parent / f"{checkpoint.name}.hf"
     record_file = export_to / "megadlm_export.json"
     if record_file.is_file() and json.loads(record_file.read_text())["source"] == str(checkpoint.resolve()):
         return export_to, {"checkpoint": str(checkpoint.resolve()), "hf_dir": str(export_to)}
@@ -83,10 +84,4 @@ def load_diffusion_model(hf_dir: str | Path, device: str = "cpu", dtype: str = "
     return DiffusionModel(model=model, tokenizer=tok, mask_id=int(config.mask_token_id),
                           eos_id=int(config.eos_token_id), max_length=int(config.max_position_embeddings),
                           device=torch.device(device))
-
-
-def default_export_dir(path: str) -> Path:
-    """Where a checkpoint's export goes when the user names none: beside the checkpoint."""
-    src = Path(path).resolve()
-    return src.parent / f"{src.name}.hf" if (src / MANIFEST).is_file() else src / "export.hf"
 

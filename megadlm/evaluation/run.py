@@ -13,12 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megadlm.evaluation.models import (
-    EvalError,
-    default_export_dir,
-    objective_of,
-    resolve_hf_dir,
-)
+from megadlm.evaluation.models import EvalError, objective_of, resolve_hf_dir
 
 RESULTS_FILE = "results.json"
 
@@ -80,7 +75,7 @@ def run_eval(req: EvalRequest) -> dict:
         raise EvalError(f"{out / RESULTS_FILE} already exists: choose another --out (nothing was overwritten)")
     manager = _task_manager(req.include_path)
     _check_tasks(manager, req.tasks)
-    hf_dir, source = resolve_hf_dir(req.model, req.export_dir or default_export_dir(req.model))
+    hf_dir, source = resolve_hf_dir(req.model, req.export_dir)
     model, estimator = _build_model(hf_dir, req)
     results = simple_evaluate(model=model, tasks=req.tasks, limit=req.limit, task_manager=manager,
                               random_seed=req.seed, numpy_random_seed=req.seed, torch_random_seed=req.seed,

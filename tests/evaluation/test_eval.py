@@ -72,10 +72,9 @@ def test_lm_eval_scores_are_the_estimators_values(trained, local_tasks, tmp_path
 
     from megadlm.evaluation import likelihood
     from megadlm.evaluation.harness import MegadlmDiffusionLM
-    from megadlm.evaluation.models import resolve_hf_dir
 
-    hf_dir, _ = resolve_hf_dir(str(checkpoint(trained["mdm"])), tmp_path / "hf")
-    lm = MegadlmDiffusionLM(pretrained=str(hf_dir), estimator="chain_rule")
+    lm = MegadlmDiffusionLM(pretrained=str(trained["mdm"]), estimator="chain_rule")  # a run directory
+    assert lm.source["checkpoint"] == str(checkpoint(trained["mdm"]).resolve())
     out = simple_evaluate(model=lm, tasks=["megadlm_tiny_mc"], limit=4, log_samples=True,
                           task_manager=TaskManager(include_path=str(local_tasks)))
     samples = out["samples"]["megadlm_tiny_mc"]
