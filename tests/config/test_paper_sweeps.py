@@ -1,0 +1,35 @@
+"""The paper-grid sweep files stay runnable: every point is a valid config for its layout, fits 8x80 GB
+nodes by `megadlm plan`, and all arms share one data budget."""
+from pathlib import Path
+
+import pytest
+
+from megadlm.config.loader import load_config
+from megadlm.config.validate import validate_config
+from megadlm.plan import make_plan
+from megadlm.slurm.sweep import _resources, expand, load_grid
+
+SWEEPS = sorted((Path(__file__).resolve().parents[2] / "yaml_configs" / "sweeps").glob("paper_*.yaml"))
+ARMS = ["mdm", "ar", "ar_tokdrop0.1", "ar_tokdrop0.3", "ar_tokdrop0.5", "ar_tokdrop_uniform",
+        "ar_attndrop0.1", "ar_attndrop0.3", "ar_attndrop0.5", "ar_mlpdrop0.1", "ar_mlpdrop0.3", "ar_mlpdrop0.5",
+        "ar_wd0.1", "ar_wd0.3", "ar_wd0.5", "ar_wd0.8"]
+
+
+def test_the_three_shapes_are_there():
+    assert [p.stem for p in SWEEPS] == ["paper_qwen3-0.6b", "paper_qwen3-1.7b", "paper_qwen3-8b"]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_every_point_is_valid_fits_and_shares_the_budget(path):
+    grid = load_grid(str(path))
+    res = _resources(grid)
+    points = expand(grid)
+    assert [p["arm"] for p in points] == ARMS
+    budgets = set()
+    for p in points:
+        cfg = load_config(grid["base"], p["overrides"])
+        validate_config(cfg, world_size=res.world_size)
+        plan = make_plan(cfg, 151669, res.nodes, res.gpus_per_node, 80.0)
+        assert plan.fits, (p["name"], plan)
+        budgets.add((cfg.data.unique_tokens, cfg.data.epochs, cfg.data.seq_len, cfg.schedule.global_batch_size))
+    assert budgets == {(3_000_000_000, 120, 4096, 2048)}
