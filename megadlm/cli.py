@@ -200,10 +200,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="sweep directory (sweep.json) or run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
-    p = sub.add_parser("report", help="plot validation loss vs epoch for run directories",
-                       description="Collate RUN_DIR/metrics.jsonl files into report.png and a table.")
-    p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--out", required=True, help="output PNG path")
+    p = sub.add_parser("report", help="tables and plots comparing runs and sweeps (arms, budgets, evals)",
+                       description="Collate runs and sweeps: validation loss vs epoch and vs tokens per arm, the "
+                                   "epoch where each arm's validation loss turns up (overfitting onset), the best "
+                                   "loss per arm, and downstream results (results.json from `megadlm eval` under a "
+                                   "run directory) per task and estimator. Runs with different data budgets are "
+                                   "reported separately. --out DIR writes summary.md, summary.json and PNGs; "
+                                   "--out FILE.png writes the simple loss-vs-epoch picture and table.")
+    p.add_argument("runs", nargs="+", help="run or sweep directories")
+    p.add_argument("--out", required=True, help="output directory (or a .png path for the simple picture)")
     return parser
 
 
@@ -288,9 +293,15 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from megadlm.report import write_report
+    if args.out.endswith(".png"):
+        from megadlm.report import write_report
 
-    print(write_report(args.runs, args.out))
+        print(write_report(args.runs, args.out))
+        return 0
+    from megadlm.reporting.experiment import write_experiment_report
+
+    print(write_experiment_report(args.runs, args.out))
+    print(f"wrote {os.path.join(args.out, 'summary.md')}")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Experiment reports: collate runs and sweeps into tables and plots (`megadlm report`)."""

@@ -1,0 +1,231 @@
+"""`megadlm report RUN_OR_SWEEP_DIRS... --out DIR`: the data-constrained comparison as a report.
+
+Runs are grouped by arm (a sweep point's arm, or the run directory's name) and seeds are pooled.
+Runs are only compared with runs of the same data budget (unique tokens, epochs, sequence length,
+global batch); each budget gets its own section, and the report says so. Downstream results
+(`results.json` written by `megadlm eval` anywhere under a run directory) are tabulated per
+task, metric and estimator, so scores from different likelihood estimators never share a column.
+
+Writes DIR/summary.md, DIR/summary.json and per budget DIR/val_loss_<k>.png (validation loss vs
+epoch and vs tokens seen, one colour per arm, thin lines per seed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from megadlm.errors import UserError
+
+OVERFIT_TOLERANCE = 0.005  # final val loss this far (relative) above the minimum = "turned up"
+
+
+@dataclass
+class Run:
+    run_dir: str
+    arm: str
+    seed: int | None
+    objective: str | None
+    budget: dict
+    val: list[dict] = field(default_factory=list)  # epoch, tokens, val_loss
+    evals: list[dict] = field(default_factory=list)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _evals(run_dir: Path) -> list[dict]:
+    found = []
+    for path in sorted(run_dir.rglob("results.json")):
+        if "checkpoints" in path.parts:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and "tasks" in record and "evaluator" in record:
+            found.append({"path": str(path), **record})
+    return found
+
+
+def load_run(run_dir: str, arm: str | None = None) -> Run:
+    root = Path(run_dir)
+    config_path = root / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml: is it a megadlm run directory (has it started)?")
+    cfg = yaml.safe_load(config_path.read_text())
+    data, schedule = cfg.get("data", {}), cfg.get("schedule", {})
+    budget = {"unique_tokens": data.get("unique_tokens"), "epochs": data.get("epochs"),
+              "seq_len": data.get("seq_len"), "global_batch_size": schedule.get("global_batch_size"),
+              "max_steps": schedule.get("max_steps")}
+    val = [{"epoch": r["epoch"], "tokens": r.get("tokens_seen"), "val_loss": r["val_loss"], "step": r["step"]}
+           for r in _records(root) if r.get("kind") == "val" and r.get("val_loss") is not None]
+    return Run(run_dir=str(root), arm=arm or root.name, seed=(cfg.get("run") or {}).get("seed"),
+               objective=(cfg.get("objective") or {}).get("type"), budget=budget, val=val, evals=_evals(root))
+
+
+def collect(paths: list[str]) -> list[Run]:
+    runs = []
+    for path in paths:
+        manifest = Path(path) / "sweep.json"
+        if manifest.is_file():
+            for point in json.loads(manifest.read_text())["points"]:
+                if (Path(point["run_dir"]) / "config.yaml").is_file():
+                    runs.append(load_run(point["run_dir"], point.get("arm") or point["name"]))
+        else:
+            runs.append(load_run(path))
+    if not runs:
+        raise UserError(f"no started runs in {', '.join(paths)}")
+    return runs
+
+
+def overfit_onset(val: list[dict], tolerance: float = OVERFIT_TOLERANCE) -> float | None:
+    """The epoch of the lowest validation loss if the loss has since risen more than `tolerance`
+    (relative) above it; None while the run is still at (or near) its best."""
+    if len(val) < 2:
+        return None
+    best = min(val, key=lambda r: r["val_loss"])
+    return best["epoch"] if val[-1]["val_loss"] > best["val_loss"] * (1 + tolerance) else None
+
+
+def _budget_key(budget: dict) -> str:
+    return json.dumps(budget, sort_keys=True)
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def arm_rows(runs: list[Run]) -> list[dict]:
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in runs):
+        members = [r for r in runs if r.arm == arm and r.val]
+        if not members:
+            continue
+        bests = [min(r.val, key=lambda v: v["val_loss"]) for r in members]
+        onsets = [overfit_onset(r.val) for r in members]
+        rows.append({"arm": arm, "objective": members[0].objective, "seeds": [r.seed for r in members],
+                     "best_val": _mean([b["val_loss"] for b in bests]),
+                     "best_val_spread": (max(b["val_loss"] for b in bests) - min(b["val_loss"] for b in bests)),
+                     "best_epoch": _mean([b["epoch"] for b in bests]),
+                     "final_val": _mean([r.val[-1]["val_loss"] for r in members]),
+                     "final_epoch": _mean([r.val[-1]["epoch"] for r in members]),
+                     "overfit_onsets": onsets})
+    return rows
+
+
+def eval_rows(runs: list[Run]) -> tuple[list[str], list[dict]]:
+    """Columns 'task/metric [estimator]' and one row per arm (mean over its runs' results)."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for run in runs:
+        for record in run.evals:
+            ev = record["evaluator"]
+            estimator = ev.get("estimator", "?") + (f" mc={ev['mc_num']}" if ev.get("mc_num") else "")
+            for task, metrics in record["tasks"].items():
+                for key, value in metrics.items():
+                    if "," not in key or "stderr" in key or not isinstance(value, (int, float)):
+                        continue
+                    column = f"{task}/{key.split(',')[0]} [{estimator}]"
+                    cells.setdefault((run.arm, column), {}).setdefault("v", []).append(float(value))
+    columns = sorted({c for _, c in cells})
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in runs):
+        row = {"arm": arm}
+        for column in columns:
+            values = cells.get((arm, column), {}).get("v")
+            row[column] = _mean(values) if values else None
+        if any(row[c] is not None for c in columns):
+            rows.append(row)
+    return columns, rows
+
+
+def _plot(runs: list[Run], out_png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    colors: dict[str, str] = {}
+    for run in runs:
+        if not run.val:
+            continue
+        label = None if run.arm in colors else run.arm  # one legend entry per arm, not per seed
+        color = colors.setdefault(run.arm, f"C{len(colors) % 10}")
+        epochs = [v["epoch"] for v in run.val]
+        losses = [v["val_loss"] for v in run.val]
+        axes[0].plot(epochs, losses, color=color, lw=1.2, marker=".", label=label)
+        if all(v["tokens"] is not None for v in run.val):
+            axes[1].plot([v["tokens"] for v in run.val], losses, color=color, lw=1.2, label=label)
+        onset = overfit_onset(run.val)
+        if onset is not None:
+            axes[0].axvline(onset, color=color, ls=":", lw=0.8)
+    axes[0].set(title="validation loss vs epoch (dotted: overfitting onset)", xlabel="epoch", ylabel="nats / token")
+    axes[1].set(title="validation loss vs tokens seen", xlabel="tokens", ylabel="nats / token")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value, spec=".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def write_experiment_report(paths: list[str], out_dir: str) -> str:
+    runs = collect(paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_budget_key(run.budget), []).append(run)
+    lines = ["# Data-constrained comparison", ""]
+    if len(groups) > 1:
+        lines += [f"These runs have {len(groups)} different data budgets; each budget is reported on its own "
+                  f"and never compared with another.", ""]
+    summary = {"budgets": []}
+    for k, (key, members) in enumerate(groups.items()):
+        budget = json.loads(key)
+        png = out / f"val_loss_{k}.png"
+        _plot(members, png, "budget: " + ", ".join(f"{a}={b}" for a, b in budget.items() if b is not None))
+        arms = arm_rows(members)
+        columns, evals = eval_rows(members)
+        summary["budgets"].append({"budget": budget, "plot": png.name, "arms": arms, "evals": evals,
+                                   "runs": [asdict(r) | {"evals": [e["path"] for e in r.evals]} for r in members]})
+        lines += [f"## Budget {k}: " + ", ".join(f"{a} = {b}" for a, b in budget.items() if b is not None), "",
+                  f"![validation loss]({png.name})", "",
+                  "| arm | objective | seeds | best val | spread | @epoch | final val | @epoch | overfitting onset (epoch, per seed) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for a in sorted(arms, key=lambda r: r["best_val"]):
+            onsets = ", ".join("none" if o is None else f"{o:.2f}" for o in a["overfit_onsets"])
+            lines.append(f"| {a['arm']} | {a['objective']} | {len(a['seeds'])} | {_fmt(a['best_val'])} | "
+                         f"{_fmt(a['best_val_spread'])} | {_fmt(a['best_epoch'], '.2f')} | {_fmt(a['final_val'])} | "
+                         f"{_fmt(a['final_epoch'], '.2f')} | {onsets} |")
+        lines += ["", "Validation loss: AR = NLL per token; MDM = ELBO per token (an upper bound on its NLL), "
+                      "in nats. Onset = epoch of the lowest validation loss when the last one is more than "
+                      f"{OVERFIT_TOLERANCE:.1%} above it.", ""]
+        if evals:
+            lines += ["Downstream (mean over seeds; the estimator is part of each column):", "",
+                      "| arm | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+            for row in evals:
+                lines.append(f"| {row['arm']} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+            lines.append("")
+    (out / "summary.md").write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return "\n".join(lines)
