@@ -48,11 +48,12 @@ class RunPlan:
 def check_config(cfg: Config, world_size: int) -> dict:
     """Every check that needs no process group; returns the data manifest."""
     validate_config(cfg, world_size=world_size)
-    if cfg.data.remote and not cfg.data.path:
+    if cfg.data.remote and not (cfg.data.path and os.path.isfile(os.path.join(cfg.data.path, "manifest.json"))):
         # data only on an object store: its manifest and tokenizer are fetched into a local cache
+        # (again when a saved config names a cache this machine does not have)
         from megadlm.data.remote import fetch_metadata
 
-        cfg.data.path = str(fetch_metadata(cfg.data.remote))
+        cfg.data.path = str(fetch_metadata(cfg.data.remote, cfg.data.path or None))
     elif not cfg.data.path:
         raise ConfigError("data.path is not set: point it at a `megadlm prepare` output directory "
                           "(--set data.path=DIR), or set data.remote to its copy on an object store")

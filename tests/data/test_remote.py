@@ -87,3 +87,13 @@ def test_missing_bucket_or_credentials_is_one_clear_error(s3, tmp_path, monkeypa
     assert "cannot download s3://no-such-bucket/tiny/manifest.json" in proc.stderr
     assert "Traceback" not in proc.stderr and SECRET not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_saved_config_naming_another_machines_cache_fetches_again(s3, tiny_data, tmp_path, monkeypatch):
+    """A Slurm job's saved config names the login node's metadata cache; a compute node without
+    that cache fetches the manifest again, into the same path."""
+    upload(tiny_data, "again", "tiny")
+    elsewhere = tmp_path / "login-node-cache" / "meta"
+    run_cli("train", "tiny_mdm", *sets(*TINY, "data.remote=s3://again/tiny", f"data.path={elsewhere}",
+                                       "schedule.max_steps=1"), "--run-dir", str(tmp_path / "run"))
+    assert (elsewhere / "manifest.json").is_file() and len(train_records(tmp_path / "run")) == 1
