@@ -288,7 +288,7 @@ class _Loop:
         if interrupted and self.layout.is_main:
             stop.clear_file()
         summary = {"kind": "summary", "step": state.step, "finished": not stopped_early,
-                   "interrupted": interrupted,
+                   "interrupted": interrupted, "restarts": slurm_restarts(),
                    "epoch": self.epoch_of(state.consumed_samples),
                    "tokens_seen": state.tokens_seen, "final_val": last_val}
         self.logger.log(summary)
