@@ -12,7 +12,6 @@ epoch and vs tokens seen, one colour per arm, thin lines per seed).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
