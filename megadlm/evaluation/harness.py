@@ -94,7 +94,7 @@ class MegadlmDiffusionLM(TemplateLM):
         return context, continuation
 
     def _score(self, index: int, context: list[int], continuation: list[int]) -> float:
-        context, continuation = self._fit(context, continuation)
+        """Log-likelihood of a request that already fits the model (see `_fit`)."""
         forward = self.lm.forward
         if self.estimator == "chain_rule":
             return likelihood.chain_rule(forward, context, continuation, self.lm.mask_id)
@@ -106,8 +106,9 @@ class MegadlmDiffusionLM(TemplateLM):
         out = []
         for index, (_, context, continuation) in enumerate(tqdm(requests, desc="MDM loglikelihood",
                                                                 disable=disable_tqdm)):
+            context, continuation = self._fit(context, continuation)
             score = self._score(index, context, continuation)
-            greedy = likelihood.is_greedy(self.lm.forward, *self._fit(context, continuation), self.lm.mask_id)
+            greedy = likelihood.is_greedy(self.lm.forward, context, continuation, self.lm.mask_id)
             out.append((score, greedy))
         return out
 
