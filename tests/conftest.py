@@ -49,6 +49,15 @@ def run_cli(*args: str, timeout: int = 600, check: bool = True, nproc: int = 0) 
     return proc
 
 
+def restore_env(saved: dict) -> None:
+    """Put environment variables back as `saved` ({name: value or None}) recorded them."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def sets(*overrides: str) -> list[str]:
     out: list[str] = []
     for o in overrides:

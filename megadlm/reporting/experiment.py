@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from megadlm.errors import UserError
+from megadlm.train.metrics import read_metrics
 
 OVERFIT_TOLERANCE = 0.005  # final val loss this far (relative) above the minimum = "turned up"
 
@@ -32,18 +33,6 @@ class Run:
     budget: dict
     val: list[dict] = field(default_factory=list)  # epoch, tokens, val_loss
     evals: list[dict] = field(default_factory=list)
-
-
-def _records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
 
 
 def _evals(run_dir: Path) -> list[dict]:
@@ -71,7 +60,7 @@ def load_run(run_dir: str, arm: str | None = None) -> Run:
               "seq_len": data.get("seq_len"), "global_batch_size": schedule.get("global_batch_size"),
               "max_steps": schedule.get("max_steps")}
     val = [{"epoch": r["epoch"], "tokens": r.get("tokens_seen"), "val_loss": r["val_loss"], "step": r["step"]}
-           for r in _records(root) if r.get("kind") == "val" and r.get("val_loss") is not None]
+           for r in read_metrics(str(root), partial_ok=True) if r.get("kind") == "val" and r.get("val_loss") is not None]
     return Run(run_dir=str(root), arm=arm or root.name, seed=(cfg.get("run") or {}).get("seed"),
                objective=(cfg.get("objective") or {}).get("type"), budget=budget, val=val, evals=_evals(root))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,20 +13,9 @@ from pathlib import Path
 from megadlm.errors import UserError
 from megadlm.slurm.submit import JOBS_FILE
 from megadlm.slurm.sweep import LOCAL_RECORDS, MANIFEST
+from megadlm.train.metrics import read_jsonl, read_metrics
 
 _FIELD = re.compile(r"(\w+)=(\S*)")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-    return out
 
 
 def slurm_jobs(job_id: str) -> dict[str, dict]:
@@ -62,7 +50,7 @@ def _local_state(record: dict | None) -> dict | None:
 
 
 def run_progress(run_dir: str) -> dict:
-    records = _read_jsonl(Path(run_dir) / "metrics.jsonl")
+    records = read_metrics(run_dir, partial_ok=True)  # the run may be writing it right now
     start = next((r for r in reversed(records) if r.get("kind") == "start"), {})
     train = next((r for r in reversed(records) if r.get("kind") == "train"), {})
     val = next((r for r in reversed(records) if r.get("kind") == "val"), {})
@@ -88,10 +76,10 @@ def collect(path: str) -> list[dict]:
     root = Path(path)
     if (root / MANIFEST).is_file():
         manifest = json.loads((root / MANIFEST).read_text())
-        jobs = _read_jsonl(root / JOBS_FILE)
+        jobs = read_jsonl(str(root / JOBS_FILE), partial_ok=True)
         array_id = jobs[-1]["job_id"] if jobs else None
         states = slurm_jobs(array_id) if array_id else {}
-        local = {r["index"]: r for r in _read_jsonl(root / LOCAL_RECORDS)}  # `megadlm sweep --local`
+        local = {r["index"]: r for r in read_jsonl(str(root / LOCAL_RECORDS), partial_ok=True)}  # `megadlm sweep --local`
         rows = []
         for p in manifest["points"]:
             slurm = states.get(f"{array_id}_{p['index']}") or _local_state(local.get(p["index"]))
@@ -100,7 +88,7 @@ def collect(path: str) -> list[dict]:
                              (slurm or {}).get("log") or (logs[-1] if logs else None)))
         return rows
     if (root / "metrics.jsonl").is_file() or (root / "slurm").is_dir() or (root / "checkpoints").is_dir():
-        jobs = _read_jsonl(root / "slurm" / JOBS_FILE)
+        jobs = read_jsonl(str(root / "slurm" / JOBS_FILE), partial_ok=True)
         job_id = jobs[-1]["job_id"] if jobs else None
         slurm = slurm_jobs(job_id).get(job_id) if job_id else None
         logs = sorted(glob.glob(str(root / "slurm" / f"*-{job_id}.out"))) if job_id else []
@@ -113,7 +101,7 @@ def _row(name: str, run_dir: str, slurm: dict | None, job: str | None, log: str 
     progress = run_progress(run_dir)
     return {"name": name, "state": _state(slurm, progress), "job": job,
             "exit_code": (slurm or {}).get("exit_code"), "restarts": (slurm or {}).get("restarts"),
-            **progress, "run_dir": run_dir, "log": log if log and os.path.exists(log) else log}
+            **progress, "run_dir": run_dir, "log": log}
 
 
 def _fmt(value, spec: str) -> str:

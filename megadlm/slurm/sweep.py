@@ -33,8 +33,14 @@ from pathlib import Path
 import yaml
 
 from megadlm.errors import ConfigError, UserError
-from megadlm.slurm.submit import (Resources, record_job, render, sbatch, sbatch_test_only,
-                                  write_atomically)
+from megadlm.slurm.submit import (
+    Resources,
+    record_job,
+    render,
+    sbatch,
+    sbatch_test_only,
+    write_atomically,
+)
 
 MANIFEST = "sweep.json"
 SCRIPT = "sweep.sbatch"

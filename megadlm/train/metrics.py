@@ -121,9 +121,23 @@ def _truncate_after(path: str, step: int) -> None:
         os.replace(path + ".tmp", path)
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
+def read_jsonl(path: str, partial_ok: bool = False) -> list[dict]:
+    """The records of a JSONL file ([] if it does not exist). `partial_ok` skips lines that do not
+    parse: a file another process is appending to may end in half a line."""
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if not partial_ok:
+                    raise
+    return records
+
+
+def read_metrics(run_dir: str, partial_ok: bool = False) -> list[dict]:
+    return read_jsonl(os.path.join(run_dir, "metrics.jsonl"), partial_ok)

@@ -7,7 +7,7 @@ import pytest
 
 from megadlm.config.loader import load_config
 from megadlm.errors import DataError
-from tests.conftest import DIST_VARS
+from tests.conftest import DIST_VARS, restore_env
 
 
 @pytest.fixture()
@@ -17,11 +17,7 @@ def single_process_env():
 
     _ensure_single_process_env()
     yield
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    restore_env(before)
 
 
 def make_train_data(tiny_data, run_dir, *overrides):

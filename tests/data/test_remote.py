@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.conftest import TINY, run_cli, sets, train_records
+from tests.conftest import TINY, restore_env, run_cli, sets, train_records
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +32,7 @@ def s3(tmp_path_factory):
     os.environ.update(env)
     yield env
     server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    restore_env(saved)
 
 
 def upload(directory, bucket, prefix):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import OFFLINE_HF, TINY, run_cli, sets
+from tests.conftest import OFFLINE_HF, TINY, restore_env, run_cli, sets
 
 TASKS_DIR = Path(__file__).with_name("tasks")
 TASKS = "megadlm_tiny_mc,megadlm_tiny_text,megadlm_tiny_gen"
@@ -17,11 +17,7 @@ def offline_hub(tmp_path_factory):
     os.environ.update(OFFLINE_HF)
     os.environ.setdefault("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
     yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    restore_env(saved)
 
 
 @pytest.fixture(scope="session")

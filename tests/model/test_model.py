@@ -14,17 +14,13 @@ def process_group():
     import os
 
     from megadlm.parallel.distributed import init_distributed, shutdown
-    from tests.conftest import DIST_VARS
+    from tests.conftest import DIST_VARS, restore_env
 
     before = {k: os.environ.get(k) for k in DIST_VARS}
     init_distributed(1, 1)
     yield
     shutdown()
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    restore_env(before)
 
 
 def small_config(objective="ar", **objective_kw) -> Config:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import restore_env
+
 HERE = Path(__file__).resolve().parent
 CLUSTER_DIR = Path(os.environ.get("MEGADLM_TEST_SLURM_DIR", "/tmp/megadlm-test-slurm"))
 PORT = os.environ.get("MEGADLM_TEST_SLURM_PORT", "7817")  # not 6817: a developer's own cluster may use it
@@ -22,14 +24,11 @@ def slurm_cluster():
     start = subprocess.run(["bash", str(script), "start", str(CLUSTER_DIR), "--nodes", "2", "--cpus", "4",
                             "--port", PORT], capture_output=True, text=True, timeout=600)
     assert start.returncode == 0, f"could not start the test Slurm cluster:\n{start.stdout}\n{start.stderr}"
-    saved = os.environ.get("SLURM_CONF")
+    saved = {"SLURM_CONF": os.environ.get("SLURM_CONF")}
     os.environ["SLURM_CONF"] = str(CLUSTER_DIR / "etc" / "slurm.conf")
     yield CLUSTER_DIR
     subprocess.run(["bash", str(script), "stop", str(CLUSTER_DIR)], capture_output=True, timeout=120)
-    if saved is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = saved
+    restore_env(saved)
 
 
 def job_fields(job_id: str) -> list[dict]:
