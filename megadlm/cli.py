@@ -192,7 +192,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="sweep YAML file")
     p.add_argument("--dry-run", action="store_true", help="list the points and print the script; submit nothing")
     p.add_argument("--local", action="store_true",
-                   help="no Slurm: train the points one after another on this machine (run again to continue)")
+                   help="no Slurm: train the points on this machine (run again to continue)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="with --local: points trained at once, sharing the CPU threads "
+                        "(default: the grid's max_parallel, else 1)")
 
     p = sub.add_parser("status", help="state, step, epoch and last losses of a sweep's or a run's jobs",
                        description="Show each run of SWEEP_OR_RUN_DIR: Slurm state (scontrol/sacct), step, "
@@ -375,7 +378,7 @@ def _cmd_submit(args) -> int:
 def _cmd_sweep(args) -> int:
     from megadlm.slurm.sweep import submit_sweep
 
-    out = submit_sweep(args.grid, args.dry_run, local=args.local)
+    out = submit_sweep(args.grid, args.dry_run, local=args.local, parallel=args.parallel)
     for p in out["points"]:
         print(f"  [{p['index']}] {p['name']}: " + " ".join(f"{k}={v}" for k, v in p["grid"].items())
               + (f" (arm {p['arm']})" if p["arm"] else ""))

@@ -31,3 +31,14 @@ def test_bench_step_quick_mode(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
     assert result["step_time_ratio"] > 0 and result["loader_over_trainer"] > 0
+
+
+def test_bench_local_sweep_smoke_mode(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "tools/bench_local_sweep.py", "--steps", "4", "--out", str(out)],
+                          cwd=REPO, env=megadlm_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["serial_s"] > 0 and result["parallel2_s"] > 0 and result["speedup"] > 0
+    assert result["max_final_val_loss_diff"] < 1e-3  # same configs, same seeds: at most reduction-order noise
+    assert "two at once" in proc.stdout

@@ -13,7 +13,7 @@ GRID.yaml:
     grid:                           # further axes: key -> values (cartesian product)
       run.seed: [1, 2]
     resources: {nodes: 1, gpus_per_node: 8, time: "2-00:00:00", partition: gpu, max_restarts: 5}
-    max_parallel: 4                 # array throttle (%4)
+    max_parallel: 4                 # array throttle (%4); with --local, runs trained at once
 
 Every point is validated before anything is written. SWEEP_DIR gets sweep.json (the manifest: each
 point's index, name, run directory and overrides), sweep.sbatch, logs/ and runs/<point>/ with the
@@ -86,6 +86,9 @@ def load_grid(path: str) -> dict:
     axes = grid.get("grid") or {}
     if not isinstance(axes, dict) or any(not isinstance(v, list) or not v for v in axes.values()):
         raise ConfigError(f"sweep file {path}: `grid:` must map config keys to non-empty lists of values")
+    limit = grid.get("max_parallel")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"sweep file {path}: `max_parallel:` must be a whole number >= 1 (got {limit!r})")
     return grid
 
 
@@ -125,17 +128,20 @@ def _array_block(points: list[dict]) -> str:
             'RUN_DIR=${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}\nCONFIG=${CONFIGS[$SLURM_ARRAY_TASK_ID]}')
 
 
-def submit_sweep(grid_path: str, dry_run: bool, local: bool = False) -> dict:
+def submit_sweep(grid_path: str, dry_run: bool, local: bool = False, parallel: int | None = None) -> dict:
     """Validate every point, then write the sweep directory and submit it as one array (or, with
-    `local`, train the points one after another on this machine; rerunning continues unfinished ones)."""
+    `local`, train the points on this machine, `parallel` at a time; rerunning continues unfinished ones)."""
     from megadlm.config.loader import config_to_dict, load_config
     from megadlm.train.trainer import check_config
 
+    if parallel is not None and (not local or parallel < 1):
+        raise ConfigError(f"--parallel {parallel}: give a count of at least 1, and only with --local "
+                          "(on Slurm, the grid's max_parallel throttles the array)")
     grid = load_grid(grid_path)
     name = grid.get("name") or Path(grid_path).stem
     sweep_dir = Path(os.path.abspath(grid.get("out") or os.path.join("runs", "sweeps", name)))
     if local and (sweep_dir / MANIFEST).is_file():
-        return run_local(sweep_dir)
+        return run_local(sweep_dir, parallel)
     if sweep_dir.exists():
         raise ConfigError(f"sweep directory {sweep_dir} already exists: set another `out:` "
                           f"(`megadlm status {sweep_dir}` shows that sweep)")
@@ -156,7 +162,8 @@ def submit_sweep(grid_path: str, dry_run: bool, local: bool = False) -> dict:
     script = render(res, _array_block(points), str(sweep_dir / "logs" / "%x-%A_%a.out"),
                     job_name=f"megadlm-{name}", array=f"0-{len(points) - 1}{throttle}")
     manifest = {"name": name, "grid_file": os.path.abspath(grid_path), "base": grid["base"],
-                "points": points, "resources": {f.name: getattr(res, f.name) for f in fields(Resources)}}
+                "points": points, "resources": {f.name: getattr(res, f.name) for f in fields(Resources)},
+                "max_parallel": grid.get("max_parallel")}
     if dry_run:
         return {"script": script, "sweep_dir": str(sweep_dir), "points": points, "job_id": None}
     if not local:
@@ -173,7 +180,7 @@ def submit_sweep(grid_path: str, dry_run: bool, local: bool = False) -> dict:
         write_atomically(staging / MANIFEST, json.dumps(manifest, indent=2))
         os.rename(staging, sweep_dir)
         if local:
-            return run_local(sweep_dir)
+            return run_local(sweep_dir, parallel)
         job_id = sbatch(str(sweep_dir / SCRIPT))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -184,28 +191,52 @@ def submit_sweep(grid_path: str, dry_run: bool, local: bool = False) -> dict:
     return {"script": script, "sweep_dir": str(sweep_dir), "points": points, **record}
 
 
-def run_local(sweep_dir: Path) -> dict:
-    """Train every unfinished point in order on this machine (procs_per_node processes each); each
-    point's exit code and log go to SWEEP_DIR/local.jsonl, which `megadlm status` reads."""
+def local_threads(parallel: int, nproc: int) -> int:
+    """CPU threads for each process when `parallel` runs of `nproc` processes share this machine.
+    Small models scale poorly over threads, so on 2 cores two 1-thread runs train ~1.3x faster in total
+    than two 2-thread runs one after the other (tools/bench_local_sweep.py measures it)."""
+    return max(1, (os.cpu_count() or 1) // (parallel * nproc))
+
+
+def run_local(sweep_dir: Path, parallel: int | None = None) -> dict:
+    """Train every unfinished point on this machine, `parallel` at a time (default: the grid's
+    max_parallel, else 1), each with procs_per_node processes and an equal share of the CPU threads;
+    each point's exit code and log go to SWEEP_DIR/local.jsonl, which `megadlm status` reads."""
     import subprocess
     import sys
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from megadlm.slurm.status import run_progress
 
     manifest = json.loads((sweep_dir / MANIFEST).read_text())
     nproc = max(1, int(manifest["resources"].get("procs_per_node") or 1))
-    codes = {}
-    for p in manifest["points"]:
-        if run_progress(p["run_dir"])["finished"]:
-            codes[p["name"]] = 0
-            continue
+    parallel = int(parallel or manifest.get("max_parallel") or 1)
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # a user's explicit choice wins
+        env["OMP_NUM_THREADS"] = str(local_threads(parallel, nproc))
+    todo = [p for p in manifest["points"] if not run_progress(p["run_dir"])["finished"]]
+    codes = {p["name"]: 0 for p in manifest["points"] if p not in todo}
+    records_lock = threading.Lock()
+
+    def train(p: dict) -> None:
         log = sweep_dir / "logs" / f"local_{p['index']}_{p['name']}.out"
         print(f"[{p['index'] + 1}/{len(manifest['points'])}] {p['name']} -> {log}", flush=True)
+        started = time.time()
         with open(log, "a") as out:
             code = subprocess.call([sys.executable, "-m", "megadlm", "train", p["config"], "--run-dir", p["run_dir"],
-                                    "--nproc", str(nproc)], stdout=out, stderr=subprocess.STDOUT)
-        codes[p["name"]] = code
-        with open(sweep_dir / LOCAL_RECORDS, "a") as f:
-            f.write(json.dumps({"index": p["index"], "name": p["name"], "exit_code": code, "log": str(log)}) + "\n")
+                                    "--nproc", str(nproc)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        record = {"index": p["index"], "name": p["name"], "exit_code": code, "log": str(log),
+                  "started": started, "ended": time.time()}
+        with records_lock:
+            codes[p["name"]] = code
+            with open(sweep_dir / LOCAL_RECORDS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in [pool.submit(train, p) for p in todo]:
+            future.result()
+    codes = {p["name"]: codes[p["name"]] for p in manifest["points"]}  # manifest order
     return {"script": None, "sweep_dir": str(sweep_dir), "points": manifest["points"], "job_id": None,
             "local_exit_codes": codes}

@@ -187,8 +187,8 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, man
                     "zero_stage": cfg.parallel.zero_stage, "padded_vocab_size": padded,
                     "objective": cfg.objective.type, "resumed": state.step > 0,
                     "restarts": slurm_restarts(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                    "flops_per_token": loop.flops_per_token,
-                    "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
+                    "flops_per_token": loop.flops_per_token, "cpu_threads": torch.get_num_threads(),
+                    "time": time.time(), "mfu_convention": "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"})
     stop = StopRequest(run_dir)
     try:
         return loop.run(state, stop)
@@ -290,7 +290,7 @@ class _Loop:
         summary = {"kind": "summary", "step": state.step, "finished": not stopped_early,
                    "interrupted": interrupted, "restarts": slurm_restarts(),
                    "epoch": self.epoch_of(state.consumed_samples),
-                   "tokens_seen": state.tokens_seen, "final_val": last_val}
+                   "tokens_seen": state.tokens_seen, "final_val": last_val, "time": time.time()}
         self.logger.log(summary)
         return summary
 

@@ -33,3 +33,19 @@ def test_every_point_is_valid_fits_and_shares_the_budget(path):
         assert plan.fits, (p["name"], plan)
         budgets.add((cfg.data.unique_tokens, cfg.data.epochs, cfg.data.seq_len, cfg.schedule.global_batch_size))
     assert budgets == {(3_000_000_000, 120, 4096, 2048)}
+
+
+@pytest.mark.parametrize("name", ["cpu_repro", "cpu_repro_followup"])
+def test_the_cpu_scale_sweeps_are_valid_and_train_on_the_same_token_count(name):
+    path = SWEEPS[0].parent / f"{name}.yaml"
+    grid = load_grid(str(path))
+    res = _resources(grid)
+    total_tokens = {}
+    for p in expand(grid):
+        cfg = load_config(grid["base"], p["overrides"])
+        validate_config(cfg, world_size=res.world_size)
+        total_tokens[p["name"]] = cfg.data.unique_tokens * cfg.data.epochs
+    # every arm sees 64 KiB x 60 epochs worth of tokens, except the one MDM arm run 4x longer on purpose
+    assert {n: t for n, t in total_tokens.items() if not n.startswith("mdm_240ep")} \
+        == dict.fromkeys([n for n in total_tokens if not n.startswith("mdm_240ep")], 65536 * 60)
+    assert all(t == 4 * 65536 * 60 for n, t in total_tokens.items() if n.startswith("mdm_240ep"))

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from megadlm.errors import ConfigError
-from megadlm.slurm.sweep import expand, load_grid
+from megadlm.slurm.sweep import expand, load_grid, local_threads
 from tests.conftest import TINY, run_cli, snapshot
 
 
@@ -35,6 +35,8 @@ def test_points_are_arms_times_grid_with_values_that_round_trip(tmp_path):
     ({"base": "tiny_ar", "grids": {}}, "unknown key(s) grids"),
     ({"set": {}}, "`base:`"),
     ({"base": "tiny_ar", "grid": {"run.seed": []}}, "non-empty lists"),
+    ({"base": "tiny_ar", "max_parallel": 0}, "`max_parallel:` must be a whole number >= 1 (got 0)"),
+    ({"base": "tiny_ar", "max_parallel": "2"}, "`max_parallel:` must be a whole number"),
 ])
 def test_bad_sweep_files_are_refused(tmp_path, grid, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -51,14 +53,29 @@ def test_a_bad_point_is_refused_before_anything_is_written(tiny_data, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_parallel_needs_local_and_a_positive_count(tmp_path):
+    path = write(tmp_path, {"base": "tiny_ar", "out": str(tmp_path / "sweep")})
+    for args in (["--parallel", "2"], ["--local", "--parallel", "0"]):
+        proc = run_cli("sweep", path, *args, check=False)
+        assert proc.returncode == 2 and "--parallel" in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.slow
-def test_local_sweep_runs_every_point_and_status_reads_it(tiny_data, tmp_path):
+def test_local_sweep_runs_every_point_and_status_reads_it(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     path = write(tmp_path, {"base": "tiny_mdm", "out": str(tmp_path / "sweep"),
                             "set": [*TINY, f"data.path={tiny_data}", "schedule.max_steps=2"],
                             "arms": {"mdm": {"objective.type": "mdm"}, "ar": {"objective.type": "ar"}}})
-    proc = run_cli("sweep", path, "--local")
+    proc = run_cli("sweep", path, "--local", "--parallel", "2")
     assert "ran 2 points locally" in proc.stdout
     rows = json.loads(run_cli("status", str(tmp_path / "sweep"), "--json").stdout)
     assert [(r["name"], r["state"], r["step"]) for r in rows] == [("mdm", "COMPLETED", 2), ("ar", "COMPLETED", 2)]
+    # both trained at once, each with its share of the cores
+    for name in ("mdm", "ar"):
+        records = [json.loads(line) for line in (tmp_path / "sweep" / "runs" / name / "metrics.jsonl").open()]
+        assert next(r for r in records if r["kind"] == "start")["cpu_threads"] == local_threads(2, 1)
+    spans = [json.loads(line) for line in (tmp_path / "sweep" / "local.jsonl").open()]
+    assert max(s["started"] for s in spans) < min(s["ended"] for s in spans)
     again = run_cli("sweep", path, "--local")  # finished points are not trained again
     assert "ran 2 points locally" in again.stdout and "->" not in again.stdout
