@@ -118,7 +118,10 @@ def arm_rows(runs: list[Run]) -> list[dict]:
 def eval_rows(runs: list[Run]) -> tuple[list[str], list[dict]]:
     """Columns 'task/metric [estimator]' and one row per arm (mean over its runs' results)."""
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    evaluated: dict[str, list] = {}  # arm -> seeds of its runs that have results
     for run in runs:
+        if run.evals:
+            evaluated.setdefault(run.arm, []).append(run.seed)
         for record in run.evals:
             ev = record["evaluator"]
             estimator = ev.get("estimator", "?") + (f" mc={ev['mc_num']}" if ev.get("mc_num") else "")
@@ -131,7 +134,7 @@ def eval_rows(runs: list[Run]) -> tuple[list[str], list[dict]]:
     columns = sorted({c for _, c in cells})
     rows = []
     for arm in dict.fromkeys(r.arm for r in runs):
-        row = {"arm": arm}
+        row = {"arm": arm, "eval_seeds": evaluated.get(arm, [])}
         for column in columns:
             values = cells.get((arm, column), {}).get("v")
             row[column] = _mean(values) if values else None
@@ -209,10 +212,11 @@ def write_experiment_report(paths: list[str], out_dir: str) -> str:
                       "in nats. Onset = epoch of the lowest validation loss when the last one is more than "
                       f"{OVERFIT_TOLERANCE:.1%} above it.", ""]
         if evals:
-            lines += ["Downstream (mean over seeds; the estimator is part of each column):", "",
-                      "| arm | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+            lines += ["Downstream (mean over the evaluated seeds; the estimator is part of each column):", "",
+                      "| arm | seeds evaluated | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
             for row in evals:
-                lines.append(f"| {row['arm']} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+                seeds = ", ".join("?" if s is None else str(s) for s in row["eval_seeds"])
+                lines.append(f"| {row['arm']} | {seeds} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
             lines.append("")
     (out / "summary.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -56,6 +56,7 @@ def test_report_pools_seeds_separates_budgets_and_estimators(tiny_data, local_ta
     ar_col = "megadlm_tiny_mc/acc [autoregressive_exact]"
     assert evals["mdm"][mdm_col] is not None and evals["mdm"][ar_col] is None
     assert evals["ar"][ar_col] is not None and evals["ar"][mdm_col] is None
+    assert evals["mdm"]["eval_seeds"] == [1]  # seed 2 was not evaluated, and the table says so
     assert (out / "val_loss_0.png").stat().st_size > 10_000 and (out / "val_loss_1.png").is_file()
     text = (out / "summary.md").read_text()
-    assert "| mdm | mdm | 2 |" in text and mdm_col in text
+    assert "| mdm | mdm | 2 |" in text and mdm_col in text and "| mdm | 1 | " in text
