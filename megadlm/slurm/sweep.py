@@ -193,7 +193,7 @@ def submit_sweep(grid_path: str, dry_run: bool, local: bool = False, parallel: i
 
 def local_threads(parallel: int, nproc: int) -> int:
     """CPU threads for each process when `parallel` runs of `nproc` processes share this machine.
-    Small models scale poorly over threads, so on 2 cores two 1-thread runs train ~1.3x faster in total
+    Small models scale poorly over threads, so on 2 cores two 1-thread runs trained 1.23x faster in total
     than two 2-thread runs one after the other (tools/bench_local_sweep.py measures it)."""
     return max(1, (os.cpu_count() or 1) // (parallel * nproc))
 
