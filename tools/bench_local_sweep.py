@@ -49,13 +49,10 @@ def run_sweep(grid: Path, parallel: int) -> float:
 
 
 def final_val_losses(sweep_dir: Path) -> dict:
-    from megadlm.train.metrics import read_jsonl
+    """Each point's last validation loss (every point validates at its last step)."""
+    from megadlm.slurm.status import run_progress
 
-    losses = {}
-    for run in sorted((sweep_dir / "runs").iterdir()):
-        summary = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "summary"][-1]
-        losses[run.name] = summary["final_val"]["val_loss"]
-    return losses
+    return {run.name: run_progress(str(run))["val_loss"] for run in sorted((sweep_dir / "runs").iterdir())}
 
 
 def main() -> int:

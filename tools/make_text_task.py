@@ -64,6 +64,9 @@ def main() -> int:
 
     from megadlm.data.corpus import iter_documents
 
+    if args.docs < 1 or args.nbytes < 4:  # a chunk must hold any UTF-8 character (up to 4 bytes)
+        print(f"error: --docs must be >= 1 and --bytes >= 4 (got {args.docs} and {args.nbytes})", file=sys.stderr)
+        return 2
     source = Path(args.text)
     if not source.is_file():
         print(f"error: {source} does not exist", file=sys.stderr)

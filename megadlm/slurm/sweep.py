@@ -217,7 +217,7 @@ def run_local(sweep_dir: Path, parallel: int | None = None) -> dict:
     if "OMP_NUM_THREADS" not in env:  # a user's explicit choice wins
         env["OMP_NUM_THREADS"] = str(local_threads(parallel, nproc))
     todo = [p for p in manifest["points"] if not run_progress(p["run_dir"])["finished"]]
-    codes = {p["name"]: 0 for p in manifest["points"] if p not in todo}
+    codes = {p["name"]: 0 for p in manifest["points"]}  # manifest order; finished points stay 0
     records_lock = threading.Lock()
 
     def train(p: dict) -> None:
@@ -237,6 +237,5 @@ def run_local(sweep_dir: Path, parallel: int | None = None) -> dict:
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         for future in [pool.submit(train, p) for p in todo]:
             future.result()
-    codes = {p["name"]: codes[p["name"]] for p in manifest["points"]}  # manifest order
     return {"script": None, "sweep_dir": str(sweep_dir), "points": manifest["points"], "job_id": None,
             "local_exit_codes": codes}

@@ -31,3 +31,10 @@ def test_asking_for_more_text_than_there_is_fails_and_writes_nothing(tmp_path):
     (tmp_path / "short.txt").write_text("too short")
     proc = make("short.txt", "--name", "t", "--docs", "3", "--bytes", "8", "--out", "tasks", cwd=tmp_path)
     assert proc.returncode == 2 and "only 2 chunks" in proc.stderr and not (tmp_path / "tasks").exists()
+
+
+def test_sizes_that_cannot_make_a_task_are_refused(tmp_path):
+    (tmp_path / "t.txt").write_text("é" * 100)
+    for args in (["--docs", "0", "--bytes", "8"], ["--docs", "2", "--bytes", "1"]):
+        proc = make("t.txt", "--name", "t", *args, "--out", "tasks", cwd=tmp_path)
+        assert proc.returncode == 2 and "--bytes >= 4" in proc.stderr and not (tmp_path / "tasks").exists()
