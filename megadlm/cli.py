@@ -84,9 +84,12 @@ def _build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--resume-from", metavar="CKPT_DIR",
                         help="resume from this checkpoint directory (default: the newest complete one "
                              "in RUN_DIR/checkpoints whose checksums verify)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show library warnings on the console (always in RUN_DIR/logs/rank*.log)")
     p.epilog = ("SIGTERM, SIGUSR1 or a file RUN_DIR/STOP make every rank stop after the current step, "
                 "save a checkpoint and exit with code 75 (run the same command again to resume). "
-                "Exit code 3: NaN/inf loss or gradient; 2: bad input.")
+                "Exit code 2: bad input (nothing changed); 3: NaN/inf loss or gradient; 4: no progress "
+                "within run.hang_timeout_s (stacks in RUN_DIR/logs).")
 
     p = sub.add_parser("config", help="print the resolved config (after extends and --set) as YAML",
                        description="Load, validate and print a config exactly as a run would use it.")
@@ -215,35 +218,11 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_run_dir(cfg, explicit: str | None) -> str:
-    return os.path.abspath(explicit or cfg.run.run_dir or os.path.join("runs", cfg.run.name))
-
-
 def _cmd_train(args) -> int:
-    from megadlm.config.loader import load_config
+    from megadlm.train.launch import launch_training
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = _resolve_run_dir(cfg, args.run_dir)
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from megadlm.train.trainer import check_config, check_run_dir
-
-        check_run_dir(run_dir)  # fail here, before spawning any process
-        check_config(cfg, args.nproc)
-        from megadlm.train.launch import relaunch_with_torchrun
-
-        code = relaunch_with_torchrun(args.nproc, ["train", args.config, "--run-dir", run_dir,
-                                                   *sum((["--set", o] for o in args.overrides), []),
-                                                   *(["--no-resume"] if args.no_resume else []),
-                                                   *(["--resume-from", args.resume_from] if args.resume_from else [])])
-        # torchrun reports any non-zero worker exit as 1; pass the "interrupted" code through.
-        from megadlm.train.stop import EXIT_INTERRUPTED, last_run_was_interrupted
-
-        return EXIT_INTERRUPTED if code != 0 and last_run_was_interrupted(run_dir) else code
-    from megadlm.train.stop import EXIT_INTERRUPTED
-    from megadlm.train.trainer import train
-
-    summary = train(cfg, run_dir, resume=not args.no_resume, resume_from=args.resume_from)
-    return EXIT_INTERRUPTED if summary.get("interrupted") else 0
+    return launch_training(args.config, args.overrides, args.run_dir, args.nproc, resume=not args.no_resume,
+                           resume_from=args.resume_from, verbose=args.verbose)
 
 
 def _cmd_config(args) -> int:
@@ -283,7 +262,7 @@ def _cmd_plan(args) -> int:
     validate_config(cfg, world_size=args.nodes * args.gpus_per_node)
     vocab = args.vocab or cfg.model.vocab_size
     if vocab is None and cfg.data.path:
-        from megadlm.data.prepare import load_manifest
+        from megadlm.data.manifest import load_manifest
 
         vocab = int(load_manifest(cfg.data.path)["vocab_size"])
     if vocab is None:
@@ -416,11 +395,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from megadlm.exit_status import record_exit_code
+
+    code = 1  # an uncaught exception (its traceback follows)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except UserError as e:
-        print(f"megadlm {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        rank = os.environ.get("RANK", "0")
+        if rank == "0" or not e.same_on_every_rank:  # an error every worker meets is said once
+            where = "" if rank == "0" else f" (rank {rank})"
+            print(f"megadlm {args.command}{where}: error: {e}", file=sys.stderr)
+        code = e.exit_code
+    finally:
+        record_exit_code(code)  # for the launcher of a torchrun worker (exit_status)
+    return code
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import time
 
 from megadlm.config.loader import find_config, load_config
 from megadlm.data.corpus import demo_corpus
-from megadlm.data.prepare import load_manifest, prepare
+from megadlm.data.manifest import load_manifest
+from megadlm.data.prepare import prepare
 
 
 def _prepare_data(out: str, offline: bool, seq_len: int) -> str:
@@ -30,7 +31,7 @@ def _prepare_data(out: str, offline: bool, seq_len: int) -> str:
 def run_demo(out: str = "runs/demo", nproc: int = 2, offline: bool = False, epochs: float | None = None,
              overrides: list[str] | None = None) -> int:
     from megadlm.report import write_report
-    from megadlm.train.launch import relaunch_with_torchrun
+    from megadlm.train.launch import launch_training
 
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
@@ -42,15 +43,9 @@ def run_demo(out: str = "runs/demo", nproc: int = 2, offline: bool = False, epoc
         run_dir = os.path.join(out, objective)
         sets = [f"data.path={data_dir}", f"objective.type={objective}", f"run.name=demo-{objective}",
                 *(overrides or []), *([f"data.epochs={epochs}"] if epochs is not None else [])]
-        args = ["train", config, "--run-dir", run_dir, *sum((["--set", s] for s in sets), [])]
         print(f"[demo] training {objective.upper()} with {nproc} process(es) -> {run_dir}")
         t0 = time.time()
-        if nproc > 1:
-            code = relaunch_with_torchrun(nproc, args)
-        else:
-            from megadlm.cli import main
-
-            code = main(args)
+        code = launch_training(config, sets, run_dir, nproc)
         if code != 0:
             print(f"[demo] {objective} training failed (exit {code})")
             return code

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from megadlm.errors import UserError
-from megadlm.train.metrics import read_metrics
+from megadlm.rundir import read_metrics
 
 
 def _label(run_dir: str, records: list[dict]) -> str:

@@ -87,6 +87,8 @@ def case_args(name, existing, tmp_path):
         return [*train_args(existing), "--resume-from", str(tmp_path / "no_ckpt")]
     if name == "no_resume_on_existing_run":
         return [*train_args(existing), "--no-resume"]
+    if name == "incompatible_resume_2_procs":  # refused before any worker starts: exit 2, said once
+        return [*train_args(existing, "objective.type=mdm"), "--nproc", "2"]
     raise KeyError(name)
 
 
@@ -106,6 +108,7 @@ CASES = {  # name: words the error must contain
     "run_dir_is_a_file": ["is not a directory", "--run-dir"],
     "resume_from_missing_checkpoint": ["--resume-from", "no megadlm_manifest.json"],
     "no_resume_on_existing_run": ["--no-resume", "choose another --run-dir"],
+    "incompatible_resume_2_procs": ["cannot resume from", "objective.type=ar", "this config says mdm"],
 }
 
 
@@ -120,6 +123,7 @@ def test_bad_input_fails_clearly_and_changes_nothing(existing, tmp_path, name):
     assert starts, (name, proc.stderr[-3000:])
     message = "\n".join(lines[starts[-1]:])  # the error block is the end of stderr
     assert "Traceback" not in proc.stderr, (name, proc.stderr[-3000:])
+    assert len(starts) == 1, (name, proc.stderr[-3000:])  # one message, whatever the process count
     for word in CASES[name]:
         assert word in message, (name, word, message)
     assert snapshot(existing["run"], existing["data"]) == before, name

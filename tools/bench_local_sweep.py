@@ -50,7 +50,7 @@ def run_sweep(grid: Path, parallel: int) -> float:
 
 def final_val_losses(sweep_dir: Path) -> dict:
     """Each point's last validation loss (every point validates at its last step)."""
-    from megadlm.slurm.status import run_progress
+    from megadlm.rundir import progress as run_progress
 
     return {run.name: run_progress(str(run))["val_loss"] for run in sorted((sweep_dir / "runs").iterdir())}
 

@@ -134,7 +134,7 @@ def time_plain(shape: dict, steps: int, warmup: int, vocab: int) -> dict:
 def loader_tokens_per_s(data: Path, shape: dict, root: Path, batches: int) -> float:
     from megadlm.config.loader import load_config
     from megadlm.data.loader import TrainData
-    from megadlm.data.prepare import load_manifest
+    from megadlm.data.manifest import load_manifest
     from megadlm.parallel.distributed import _ensure_single_process_env
 
     _ensure_single_process_env()

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def train_records(run: str) -> dict[int, dict]:
-    from megadlm.train.metrics import read_metrics
+    from megadlm.rundir import read_metrics
 
     if not (Path(run) / "metrics.jsonl").exists():
         raise SystemExit(f"{run} has no metrics.jsonl")

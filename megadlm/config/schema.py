@@ -149,6 +149,10 @@ class RunConfig:
     # (at most max_skips times per run). Either way the bad step never reaches a checkpoint.
     on_nan: str = "stop"
     max_skips: int = 10
+    # Watchdog: when no step (nor validation, nor checkpoint save) completes within this many
+    # seconds, every rank dumps its Python stacks to RUN_DIR/logs/ and the run exits with code 4,
+    # a failure that is not requeued. 0 turns it off. Covers the slowest step, validation or save.
+    hang_timeout_s: float = 1800.0
 
 
 @dataclass

@@ -289,6 +289,8 @@ def _check_logging(cfg: Config, report: Report) -> None:
     _choice("logging.wandb_mode", cfg.logging.wandb_mode, WANDB_MODES, report)
     _choice("run.on_nan", cfg.run.on_nan, ON_NAN, report)
     _at_least("run.max_skips", cfg.run.max_skips, 0, report)
+    if not (_is_num(cfg.run.hang_timeout_s) and cfg.run.hang_timeout_s >= 0):
+        report(f"run.hang_timeout_s={cfg.run.hang_timeout_s!r} must be a number of seconds >= 0 (0 = no watchdog)")
     if cfg.run.stop_at_step is not None:
         _at_least("run.stop_at_step", cfg.run.stop_at_step, 1, report)
     _at_least("logging.log_interval", cfg.logging.log_interval, 1, report)

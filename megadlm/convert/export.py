@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from megadlm.convert.file_modes import follow_umask
 from megadlm.convert.hf import MDM_MODELING_FILE, hf_config, to_hf
 from megadlm.errors import CheckpointError
 
@@ -40,5 +41,6 @@ def export_hf(checkpoint: str, out: str) -> dict:
               "objective": facts["objective"], "model": facts["model"], "tokenizer": tok.identity(),
               "architecture": hf["architectures"][0]}
     (work / "megadlm_export.json").write_text(json.dumps(record, indent=2))
+    follow_umask(work)
     os.rename(work, out)
     return record

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from megadlm.convert.file_modes import follow_umask
 from megadlm.convert.hf import ConversionError, from_hf, model_facts_from_hf
 from megadlm.errors import UserError
 
@@ -54,6 +55,7 @@ def import_hf(hf_dir: str, out: str) -> dict:
              "model:"] + [f"  {k}: {json.dumps(v)}" for k, v in model_yaml.items()]
     lines.append(f"  # the HF vocabulary was {facts['padded_vocab_size']} (data must use a tokenizer that fits)")
     (work / "model.yaml").write_text("\n".join(lines) + "\n")
+    follow_umask(work)
     os.rename(work, out)
     return facts
 

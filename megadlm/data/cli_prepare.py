@@ -26,6 +26,10 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="files or directories used only for the val split")
     parser.add_argument("--max-tokens", type=int, default=None, metavar="N",
                         help="cap the train token stream at N tokens")
+    parser.add_argument("--skip-bad-documents", action="store_true",
+                        help="leave out documents that are not valid UTF-8 (a JSONL line, JSON record or "
+                             "parquet row; a whole text file) instead of stopping; they are counted in "
+                             "manifest.json")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output directory (only once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -45,9 +49,14 @@ def run_prepare(args: argparse.Namespace) -> int:
     manifest = prepare(
         inputs=args.input, out=args.out, tokenizer=args.tokenizer, seq_len=args.seq_len,
         val_fraction=args.val_fraction, val_inputs=args.val_input, max_tokens=args.max_tokens,
-        train_bpe=args.train_bpe, progress=not args.no_progress, overwrite=args.overwrite)
+        train_bpe=args.train_bpe, progress=not args.no_progress, overwrite=args.overwrite,
+        skip_bad_documents=args.skip_bad_documents)
     tok = manifest["tokenizer"]
-    print(f"wrote {args.out}: seq_len {manifest['seq_len']}, {manifest['dtype']} tokens")
+    skipped = ""
+    if args.skip_bad_documents:  # shown even when 0: the user asked, so tell them how many there were
+        skipped = (f", skipped {manifest['skipped_documents']:,} undecodable documents"
+                   f"{' (see skipped_details in manifest.json)' if manifest['skipped_documents'] else ''}")
+    print(f"wrote {args.out}: seq_len {manifest['seq_len']}, {manifest['dtype']} tokens{skipped}")
     for name, split in manifest["splits"].items():
         print(_fmt_split(name, split))
     if "val" not in manifest["splits"]:

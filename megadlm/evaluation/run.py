@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megadlm.evaluation.models import EvalError, objective_of, resolve_hf_dir
+from megadlm.evaluation.quiet_git import lm_eval_without_git_noise
 
 RESULTS_FILE = "results.json"
 
@@ -77,9 +78,11 @@ def run_eval(req: EvalRequest) -> dict:
     _check_tasks(manager, req.tasks)
     hf_dir, source = resolve_hf_dir(req.model, req.export_dir)
     model, estimator = _build_model(hf_dir, req)
-    results = simple_evaluate(model=model, tasks=req.tasks, limit=req.limit, task_manager=manager,
-                              random_seed=req.seed, numpy_random_seed=req.seed, torch_random_seed=req.seed,
-                              fewshot_random_seed=req.seed, log_samples=False, bootstrap_iters=1000)
+    with lm_eval_without_git_noise():
+        results = simple_evaluate(model=model, tasks=req.tasks, limit=req.limit, task_manager=manager,
+                                  random_seed=req.seed, numpy_random_seed=req.seed,
+                                  torch_random_seed=req.seed, fewshot_random_seed=req.seed, log_samples=False,
+                                  bootstrap_iters=1000)
     record = {
         "model": source, "objective": objective_of(hf_dir), "evaluator": estimator,
         "tasks": results["results"], "n_samples": results.get("n-samples", {}),

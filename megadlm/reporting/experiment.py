@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from megadlm.errors import UserError
-from megadlm.train.metrics import read_metrics
+from megadlm.rundir import read_metrics
 
 OVERFIT_TOLERANCE = 0.005  # final val loss this far (relative) above the minimum = "turned up"
 

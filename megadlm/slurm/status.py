@@ -10,10 +10,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from megadlm.errors import UserError
+from megadlm.errors import EXIT_INTERRUPTED, UserError
+from megadlm.rundir import looks_like_run_dir, read_jsonl
+from megadlm.rundir import progress as run_progress
 from megadlm.slurm.submit import JOBS_FILE
 from megadlm.slurm.sweep import LOCAL_RECORDS, MANIFEST
-from megadlm.train.metrics import read_jsonl, read_metrics
 
 _FIELD = re.compile(r"(\w+)=(\S*)")
 
@@ -44,22 +45,9 @@ def _local_state(record: dict | None) -> dict | None:
     if record is None:
         return None
     code = record["exit_code"]
-    state = "COMPLETED" if code == 0 else "STOPPED" if code == 75 else "FAILED"
+    state = "COMPLETED" if code == 0 else "STOPPED" if code == EXIT_INTERRUPTED else "FAILED"
     return {"state": state, "exit_code": f"{code}:0", "restarts": None, "log": record["log"], "job_id": None,
             "reason": None}
-
-
-def run_progress(run_dir: str) -> dict:
-    records = read_metrics(run_dir, partial_ok=True)  # the run may be writing it right now
-    start = next((r for r in reversed(records) if r.get("kind") == "start"), {})
-    train = next((r for r in reversed(records) if r.get("kind") == "train"), {})
-    val = next((r for r in reversed(records) if r.get("kind") == "val"), {})
-    summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
-    return {"step": train.get("step", start.get("step")), "total_steps": start.get("total_steps"),
-            "epoch": train.get("epoch"), "loss": train.get("loss"), "val_loss": val.get("val_loss"),
-            "finished": bool(summary and summary.get("finished")),
-            "interrupted": bool(summary and summary.get("interrupted") and not summary.get("finished")),
-            "restarts_seen": start.get("restarts")}
 
 
 def _state(slurm: dict | None, progress: dict) -> str:
@@ -87,7 +75,7 @@ def collect(path: str) -> list[dict]:
             rows.append(_row(p["name"], p["run_dir"], slurm, f"{array_id}_{p['index']}" if array_id else None,
                              (slurm or {}).get("log") or (logs[-1] if logs else None)))
         return rows
-    if (root / "metrics.jsonl").is_file() or (root / "slurm").is_dir() or (root / "checkpoints").is_dir():
+    if looks_like_run_dir(str(root)):
         jobs = read_jsonl(str(root / "slurm" / JOBS_FILE), partial_ok=True)
         job_id = jobs[-1]["job_id"] if jobs else None
         slurm = slurm_jobs(job_id).get(job_id) if job_id else None

@@ -141,14 +141,14 @@ def submit_run(config: str, overrides: list[str], res: Resources, run_dir: str |
     """Validate, render, let Slurm check, then write RUN_DIR/slurm/{config.yaml,train.sbatch} and submit."""
     import yaml
 
+    from megadlm import preflight
     from megadlm.config.loader import config_to_dict, load_config
-    from megadlm.train.trainer import check_config, check_run_dir
 
     res.check()
     cfg = load_config(config, overrides)
     run_dir = os.path.abspath(run_dir or cfg.run.run_dir or os.path.join("runs", cfg.run.name))
-    check_run_dir(run_dir)
-    check_config(cfg, res.world_size)
+    preflight.check_run_dir(run_dir)
+    preflight.check(cfg, res.world_size)
     slurm_dir = Path(run_dir) / "slurm"
     config_path = slurm_dir / "config.yaml"
     script = render(res, single_run_block(run_dir, str(config_path)), str(slurm_dir / "%x-%j.out"),

@@ -131,8 +131,8 @@ def _array_block(points: list[dict]) -> str:
 def submit_sweep(grid_path: str, dry_run: bool, local: bool = False, parallel: int | None = None) -> dict:
     """Validate every point, then write the sweep directory and submit it as one array (or, with
     `local`, train the points on this machine, `parallel` at a time; rerunning continues unfinished ones)."""
+    from megadlm import preflight
     from megadlm.config.loader import config_to_dict, load_config
-    from megadlm.train.trainer import check_config
 
     if parallel is not None and (not local or parallel < 1):
         raise ConfigError(f"--parallel {parallel}: give a count of at least 1, and only with --local "
@@ -148,16 +148,20 @@ def submit_sweep(grid_path: str, dry_run: bool, local: bool = False, parallel: i
     res = _resources(grid)
     res.check()
     points = expand(grid)
-    configs = {}
+    configs, data_dirs = {}, []
     for p in points:  # validate every point before writing anything
         try:
             cfg = load_config(grid["base"], p["overrides"])
-            check_config(cfg, res.world_size)
+            checked = preflight.check(cfg, res.world_size, verify_data=False)
         except UserError as e:
             raise type(e)(f"sweep point {p['name']}: {e}") from None
+        if not cfg.data.remote:
+            data_dirs.append(checked.data_path)
         p["run_dir"] = str(sweep_dir / "runs" / p["name"])
         p["config"] = str(sweep_dir / "runs" / p["name"] / "slurm" / "config.yaml")
         configs[p["name"]] = config_to_dict(cfg)
+    # the points of a grid share their data: hash each directory's shards once, not once per point
+    preflight.verify_data_dirs(data_dirs, quiet=False)
     throttle = f"%{grid['max_parallel']}" if grid.get("max_parallel") else ""
     script = render(res, _array_block(points), str(sweep_dir / "logs" / "%x-%A_%a.out"),
                     job_name=f"megadlm-{name}", array=f"0-{len(points) - 1}{throttle}")
@@ -208,7 +212,7 @@ def run_local(sweep_dir: Path, parallel: int | None = None) -> dict:
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from megadlm.slurm.status import run_progress
+    from megadlm.rundir import progress as run_progress
 
     manifest = json.loads((sweep_dir / MANIFEST).read_text())
     nproc = max(1, int(manifest["resources"].get("procs_per_node") or 1))

@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 
 from megadlm.errors import CheckpointError, TrainingError
-
-CHECKPOINT_DIR = "checkpoints"
+from megadlm.preflight import RunFacts
+from megadlm.rundir import LATEST, checkpoint_root
 MANIFEST = "megadlm_manifest.json"
 INCOMPLETE = ".incomplete_"
 FORMAT_VERSION = 1
@@ -50,18 +50,6 @@ class Retention:
     keep_every: int = 0  # also keep every step that is a multiple of this, forever (0 = none)
 
 
-@dataclass
-class RunFacts:
-    """What a checkpoint was trained as; a resume must agree (see `compatibility_problems`)."""
-
-    objective: str
-    model: dict
-    layout: dict  # tp, pp, dp, zero_stage
-    data: dict = field(default_factory=dict)  # seq_len, tokenizer
-
-
-def checkpoint_root(run_dir: str) -> str:
-    return os.path.join(run_dir, CHECKPOINT_DIR)
 
 
 def tag_of(step: int) -> str:
@@ -69,7 +57,7 @@ def tag_of(step: int) -> str:
 
 
 def latest_tag(run_dir: str) -> str | None:
-    path = os.path.join(checkpoint_root(run_dir), "latest")
+    path = os.path.join(checkpoint_root(run_dir), LATEST)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -271,7 +259,7 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
             shutil.rmtree(final)
         os.rename(work, final)
         _fsync_dir(root)
-        _write_atomically(os.path.join(root, "latest"), tag)
+        _write_atomically(os.path.join(root, LATEST), tag)
         _prune(root, retention, keep=tag)
     _barrier()
     return tag
@@ -332,25 +320,51 @@ def compatibility_problems(saved: dict, current: RunFacts) -> list[str]:
     for key in sorted(set(saved["model"]) | set(current.model)):
         if saved["model"].get(key) != current.model.get(key):
             problems.append(f"model.{key} was {saved['model'].get(key)!r}, this config says "
-                            f"{current.model.get(key)!r} (a checkpoint only fits the model shape it was saved from)")
+                            f"{current.model.get(key)!r} (a checkpoint only fits the model shape it was "
+                            f"saved from)")
     for key in sorted(set(saved["data"]) | set(current.data)):
         if saved["data"].get(key) != current.data.get(key):
             problems.append(f"data {key} was {saved['data'].get(key)!r}, now {current.data.get(key)!r}")
     if saved["layout"].get("universal"):
         if saved["layout"]["pp"] != current.layout["pp"]:
             problems.append(f"it was resharded for parallel.pp={saved['layout']['pp']}, this run uses "
-                            f"{current.layout['pp']} (run `megadlm reshard` again with --pp {current.layout['pp']})")
-        source_zero3, zero3 = saved["layout"]["source"]["zero_stage"] == 3, current.layout["zero_stage"] == 3
-        if source_zero3 != zero3:
-            problems.append(f"it comes from parallel.zero_stage={saved['layout']['source']['zero_stage']} and "
-                            f"DeepSpeed cannot move optimizer state between ZeRO 1/2 and ZeRO 3: use "
-                            f"parallel.zero_stage={'3' if source_zero3 else '1 or 2'}")
+                            f"{current.layout['pp']} (run `megadlm reshard` again with "
+                            f"--pp {current.layout['pp']})")
+        source_stage = saved["layout"]["source"]["zero_stage"]
+        if (source_stage == 3) != (current.layout["zero_stage"] == 3):
+            problems.append(f"it comes from parallel.zero_stage={source_stage} and DeepSpeed cannot move "
+                            f"optimizer state between ZeRO 1/2 and ZeRO 3: use "
+                            f"parallel.zero_stage={'3' if source_stage == 3 else '1 or 2'}")
         return problems
-    saved_split = {k: saved["layout"][k] for k in ("tp", "pp", "zero_stage")}
-    now_split = {k: current.layout[k] for k in ("tp", "pp", "zero_stage")}
-    if saved_split != now_split:
-        problems.append(f"it was saved with tp/pp/zero_stage {saved_split}, this run uses {now_split} "
-                        f"(convert it with `megadlm reshard`, or launch with the saved layout)")
+    was, now = saved["layout"], current.layout
+    reshard = (f"convert it with `megadlm reshard CKPT --out DIR --pp {now['pp']}` and resume with "
+               f"--resume-from DIR, or launch with the saved layout")
+    family = {0: "0", 1: "1 or 2", 2: "1 or 2", 3: "3"}  # DeepSpeed's three optimizer-state formats
+    if (was["tp"], was["pp"]) != (now["tp"], now["pp"]):
+        problems.append(f"it was saved with parallel.tp={was['tp']} and parallel.pp={was['pp']}, this run "
+                        f"uses tp={now['tp']} and pp={now['pp']} ({reshard})")
+    elif family[was["zero_stage"]] != family[now["zero_stage"]]:
+        problems.append(f"it was saved with parallel.zero_stage={was['zero_stage']}, this run uses "
+                        f"{now['zero_stage']}, and DeepSpeed cannot move optimizer state between ZeRO 0, "
+                        f"1/2 and 3: use parallel.zero_stage={family[was['zero_stage']]}")
+    elif was["zero_stage"] != now["zero_stage"]:  # 1 <-> 2: megadlm train converts it by itself
+        problems.append(f"it was saved with parallel.zero_stage={was['zero_stage']}, this run uses "
+                        f"{now['zero_stage']} ({reshard})")
+    elif was["zero_stage"] > 0 and was.get("dp") != now["dp"]:
+        # ZeRO 1/2/3 files hold one data-parallel rank's partition each; ZeRO-0 keeps the whole
+        # optimizer state in each model-parallel rank's file, so any data-parallel size loads it
+        saved_size = (f"it was saved at data-parallel size {was.get('dp')} with parallel.zero_stage="
+                      f"{was['zero_stage']}, this run has {now['dp']}, and each of its ZeRO files holds one "
+                      f"data-parallel rank's share of the optimizer state")
+        processes = was.get("dp", 1) * now["tp"] * now["pp"]
+        if was["zero_stage"] < 3:
+            problems.append(f"{saved_size} (megadlm train converts ZeRO 1/2 checkpoints by itself; "
+                            f"{reshard}: {processes} processes)")
+        else:  # DeepSpeed 0.19.8, stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3
+            problems.append(f"{saved_size}. ZeRO-3 checkpoints are not converted automatically: launch with "
+                            f"the saved layout ({processes} processes). `megadlm reshard` converts them too, "
+                            f"but DeepSpeed's ZeRO-3 universal loader gives every parameter group the first "
+                            f"one's weight decay, so norms and biases would be decayed after the resume")
     return problems
 
 

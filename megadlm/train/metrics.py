@@ -1,15 +1,23 @@
-"""Where training numbers go: RUN_DIR/metrics.jsonl (always), wandb (by config), a progress bar.
+"""Training numbers: the records (`StepMetrics`: throughput, MFU, memory, sample ids) and where
+they go (`MetricsLogger`: RUN_DIR/metrics.jsonl always, wandb by config, a progress bar or plain
+progress lines).
 
-Only the global rank 0 writes. Every record carries `kind` ("train", "val" or "summary").
+Only the global rank 0 writes. Every record carries `kind` ("start", "train", "val", "skip" or
+"summary"); start and summary records carry the attempt id (rundir.ATTEMPT_ENV).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
+import time
 from typing import Any
 
 from megadlm.config.schema import Config
+from megadlm.rundir import ATTEMPT_ENV, metrics_path
+
+MFU_CONVENTION = "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"
 
 # Peak dense bf16 TFLOP/s per device, for MFU when logging.peak_tflops is not given.
 KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "B200": 2250.0}
@@ -40,7 +48,9 @@ class MetricsLogger:
     def __init__(self, cfg: Config, run_dir: str, enabled: bool, total_steps: int, start_step: int,
                  resolved_config: dict):
         self.enabled = enabled
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = metrics_path(run_dir)
+        self.plain_interval = 0 if cfg.logging.progress_bar else cfg.logging.log_interval
+        self.total_steps = total_steps
         self.bar = None
         self.wandb_run = None
         if not enabled:
@@ -75,10 +85,16 @@ class MetricsLogger:
         self.file = open(self.path, "a", buffering=1)
 
     def progress(self, step: int, postfix: dict) -> None:
+        """The bar's position and figures, or (progress_bar: false) a plain line every
+        log_interval steps for logs that are files."""
+        shown = {k: (f"{v:,.0f}" if k == "tok/s" else f"{v:.4g}" if isinstance(v, float) else v)
+                 for k, v in postfix.items() if v is not None}
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                                 refresh=True)
+            self.bar.set_postfix(shown, refresh=True)
+        elif self.enabled and self.plain_interval and (step % self.plain_interval == 0 or step == self.total_steps):
+            print(f"step {step}/{self.total_steps} " + " ".join(f"{k} {v}" for k, v in shown.items()),
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if not self.enabled:
@@ -121,23 +137,76 @@ def _truncate_after(path: str, step: int) -> None:
         os.replace(path + ".tmp", path)
 
 
-def read_jsonl(path: str, partial_ok: bool = False) -> list[dict]:
-    """The records of a JSONL file ([] if it does not exist). `partial_ok` skips lines that do not
-    parse: a file another process is appending to may end in half a line."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if not partial_ok:
-                    raise
-    return records
+def slurm_restarts() -> int:
+    """How many times Slurm has requeued this job (0 outside Slurm): recorded in the metrics."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
-def read_metrics(run_dir: str, partial_ok: bool = False) -> list[dict]:
-    return read_jsonl(os.path.join(run_dir, "metrics.jsonl"), partial_ok)
+class StepMetrics:
+    """Builds the records of a run: throughput and MFU of each step, the model state's memory
+    once, the global batch's sample ids on request, and the start and summary records."""
+
+    def __init__(self, cfg: Config, flops_per_token: float, peak_tflops: float | None, world_size: int,
+                 epoch_samples: int, total_steps: int, gather_sample_ids=None, live_bytes=None,
+                 bytes_before: int | None = None):
+        self.cfg = cfg
+        self.flops_per_token = flops_per_token
+        self.peak_tflops = peak_tflops
+        self.world_size = world_size
+        self.epoch_samples = epoch_samples
+        self.total_steps = total_steps
+        self.tokens_per_step = cfg.schedule.global_batch_size * cfg.data.seq_len
+        self.gather_sample_ids = gather_sample_ids  # micro-batches -> the global batch's ids (a collective)
+        # () -> live tensor bytes (rank 0 only); `bytes_before` was read before the model existed
+        self.live_bytes = live_bytes
+        self.bytes_before = bytes_before
+        self.model_state_measured = False
+
+    def epoch(self, consumed_samples: int) -> float:
+        return consumed_samples / self.epoch_samples
+
+    def log_due(self, step: int) -> bool:
+        return step % self.cfg.logging.log_interval == 0 or step == self.total_steps
+
+    def train_record(self, state, lr: float, result, elapsed: float, micro: list) -> dict:
+        """Collective when logging.sample_ids is on. `result` is the runner's StepResult."""
+        tokens_per_s = self.tokens_per_step / elapsed if elapsed > 0 else float("nan")
+        tflops = self.flops_per_token * tokens_per_s / 1e12 / self.world_size
+        grad_norm = result.grad_norm
+        record = {"kind": "train", "step": state.step, "epoch": self.epoch(state.consumed_samples),
+                  # the repetition this step's data came from: where the step started
+                  "repetition": (state.consumed_samples - self.cfg.schedule.global_batch_size)
+                  // self.epoch_samples + 1,
+                  "loss": result.loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "tokens_seen": state.tokens_seen, "consumed_samples": state.consumed_samples,
+                  "restarts": slurm_restarts(), "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
+                  "tflops_per_device": tflops, "mfu": tflops / self.peak_tflops if self.peak_tflops else None}
+        if self.cfg.objective.type == "mdm" or result.masked_count > 0:
+            record["masked_ce"] = result.masked_ce_sum / result.masked_count if result.masked_count else None
+        if self.cfg.logging.sample_ids and self.gather_sample_ids is not None:
+            record["sample_ids"] = self.gather_sample_ids(micro)
+        return record
+
+    def add_model_state_once(self, record: dict) -> None:
+        """Measured once, between steps (the caller has dropped the step's tensors): what rank 0
+        holds for parameters and optimizer state, what `megadlm plan` estimates as model state."""
+        if self.model_state_measured or self.bytes_before is None:
+            return
+        record["model_state_bytes_rank0"] = self.live_bytes() - self.bytes_before
+        self.model_state_measured = True
+
+    def start_record(self, state, **facts: Any) -> dict:
+        return {"kind": "start", "step": state.step, "total_steps": self.total_steps,
+                "steps_per_epoch": self.epoch_samples // self.cfg.schedule.global_batch_size,
+                "epoch_samples": self.epoch_samples,
+                "epochs": self.total_steps / (self.epoch_samples // self.cfg.schedule.global_batch_size),
+                "world_size": self.world_size, **facts, "objective": self.cfg.objective.type,
+                "resumed": state.step > 0, "restarts": slurm_restarts(),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "attempt": os.environ.get(ATTEMPT_ENV),
+                "flops_per_token": self.flops_per_token, "time": time.time(), "mfu_convention": MFU_CONVENTION}
+
+    def summary_record(self, state, interrupted: str | None, last_val: dict | None) -> dict:
+        return {"kind": "summary", "step": state.step, "finished": state.step >= self.total_steps,
+                "interrupted": interrupted, "restarts": slurm_restarts(), "attempt": os.environ.get(ATTEMPT_ENV),
+                "epoch": self.epoch(state.consumed_samples), "tokens_seen": state.tokens_seen,
+                "final_val": last_val, "time": time.time()}

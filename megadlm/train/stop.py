@@ -13,15 +13,15 @@ import signal
 import torch
 import torch.distributed as dist
 
-# sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry".
-EXIT_INTERRUPTED = 75
-STOP_FILE = "STOP"
+from megadlm.rundir import STOP as STOP_FILE
+from megadlm.rundir import stop_path
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
     def __init__(self, run_dir: str):
-        self.stop_file = os.path.join(run_dir, STOP_FILE)
+        self.stop_file = stop_path(run_dir)
         self.reason: str | None = None
         self._previous = {}
         for sig in SIGNALS:
@@ -49,10 +49,3 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-
-def last_run_was_interrupted(run_dir: str) -> bool:
-    """Whether the newest summary in RUN_DIR/metrics.jsonl says the run stopped on request."""
-    from megadlm.train.metrics import read_metrics
-
-    summaries = [r for r in read_metrics(run_dir) if r.get("kind") == "summary"]
-    return bool(summaries and summaries[-1].get("interrupted"))

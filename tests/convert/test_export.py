@@ -1,6 +1,8 @@
 """HF export from a TP2xPP2 checkpoint: standard transformers loading, logits equal to megadlm's
 own forward pass, bidirectional attention for MDM, the byte tokenizer as HF files."""
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -121,3 +123,19 @@ def test_runs_start_from_imported_weights_in_any_layout(tiny_data, exported, tmp
     proc = run_cli("train", "tiny_ar", "--run-dir", str(tmp_path / "bad"),
                    *sets(*TINY, f"data.path={tiny_data}", start, "model.hidden_size=128"), check=False)
     assert proc.returncode == 2 and "does not fit this model" in proc.stderr and "hidden_size=128" in proc.stderr
+
+
+def test_exported_and_imported_files_follow_the_umask(exported, tmp_path):
+    ckpt, _ = exported["mdm"]  # the MDM export also has the modeling file
+    saved = os.umask(0o027)  # inherited by the CLI processes; not 022, so 0644 cannot pass by chance
+    try:
+        run_cli("export", str(ckpt), "--out", str(tmp_path / "hf"))
+        run_cli("import", str(tmp_path / "hf"), "--out", str(tmp_path / "imported"))
+    finally:
+        os.umask(saved)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    for name in ("hf/model.safetensors", "hf/config.json", "hf/tokenizer.json", "hf/modeling_megadlm_mdm.py",
+                 "imported/weights.safetensors", "imported/model.yaml"):
+        assert modes[name] == 0o640, (name, oct(modes[name]))
+    assert all(mode == (0o750 if (tmp_path / name).is_dir() else 0o640)
+               for name, mode in modes.items()), modes  # nothing else written differs either

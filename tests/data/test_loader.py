@@ -22,7 +22,7 @@ def single_process_env():
 
 def make_train_data(tiny_data, run_dir, *overrides):
     from megadlm.data.loader import TrainData
-    from megadlm.data.prepare import load_manifest
+    from megadlm.data.manifest import load_manifest
 
     cfg = load_config("tiny_ar", [f"data.path={tiny_data}", "data.seq_len=32", "schedule.global_batch_size=8",
                                   "schedule.micro_batch_size=4", *overrides])

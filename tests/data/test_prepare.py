@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megadlm.data.prepare import (FORMAT, SamplePacker, load_manifest, prepare, select_val_documents,
-                                  token_dtype)
+from megadlm.data.manifest import FORMAT, load_manifest
+from megadlm.data.prepare import SamplePacker, prepare, select_val_documents, token_dtype
 from megadlm.data.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_from_manifest
 
 from .helpers import expected_samples, read_split, texts_of, token_stream
@@ -51,6 +51,8 @@ def test_txt_directory(pydoc_dir: Path, tmp_path: Path) -> None:
     assert not (out / "val").exists() and not (out / "tokenizer.json").exists()
     assert manifest["inputs"] == [str(f.absolute()) for f in files]
     assert manifest["megadlm_version"] and manifest["created"]
+    assert (manifest["skip_bad_documents"], manifest["skipped_documents"], manifest["skipped_details"]) == \
+        (False, 0, {})
     assert isinstance(tokenizer_from_manifest(out), ByteTokenizer)
     assert not list(tmp_path.glob("out.*"))  # no temp or old directories left beside it
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from megadlm.data.prepare import load_manifest, prepare
+from megadlm.data.manifest import load_manifest
+from megadlm.data.prepare import prepare
 from megadlm.data.tokenizer import tokenizer_from_manifest
 from megadlm.errors import DataError
 
@@ -67,13 +68,6 @@ def test_parquet_without_text_column(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"content": ["a", "b"], "id": [1, 2]}), path)
     with pytest.raises(DataError, match=r'd.parquet has no "text" column \(columns: content, id\)'):
-        prepare([str(path)], str(tmp_path / "out"), progress=False)
-
-
-def test_non_utf8_text(tmp_path: Path) -> None:
-    path = tmp_path / "latin1.txt"
-    path.write_bytes("café".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text .*convert it to UTF-8"):
         prepare([str(path)], str(tmp_path / "out"), progress=False)
 
 
@@ -140,17 +134,6 @@ def test_manifest_tokenizer_sha_mismatch(doc: Path, tmp_path: Path) -> None:
     tok_file.unlink()
     with pytest.raises(DataError, match=r"has no tokenizer.json .*re-run prepare"):
         tokenizer_from_manifest(out)
-
-
-def test_missing_or_bad_manifest(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"no manifest.json in .*is this a directory written by `megadlm prepare`"):
-        load_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text("{truncated")
-    with pytest.raises(DataError, match=r"manifest.json is unreadable .*re-run `megadlm prepare`"):
-        load_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(DataError, match=r"has format 'other', expected 'megadlm-mds-v1'"):
-        load_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -3,11 +3,13 @@ lm-eval's real `simple_evaluate` with the shipped local tasks (multiple choice, 
 generation); the MDM ELBO converges to the enumerated value on the trained model."""
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from tests.conftest import run_cli, snapshot
+from tests.conftest import megadlm_env, run_cli, snapshot
 from tests.evaluation.conftest import TASKS
 
 pytestmark = pytest.mark.slow
@@ -54,10 +56,22 @@ def test_mdm_checkpoint_eval_records_estimator_and_is_reproducible(trained, loca
     assert proc.returncode == 2 and "already exists" in proc.stderr and snapshot(tmp_path / "a") == before
 
 
+def run_cli_outside_git(cwd, *args: str) -> subprocess.CompletedProcess:
+    """`python -m megadlm ARGS` from `cwd`, which must not be inside a git checkout (as for most users)."""
+    assert subprocess.run(["git", "rev-parse"], cwd=cwd, capture_output=True).returncode != 0
+    proc = subprocess.run([sys.executable, "-m", "megadlm", *args], capture_output=True, text=True,
+                          timeout=600, env=megadlm_env(), cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return proc
+
+
 def test_ar_run_dir_eval_uses_lm_eval_hf_model(trained, local_tasks, tmp_path):
-    proc = run_cli("eval", str(trained["ar"]), "--tasks", TASKS, "--include-path", str(local_tasks),
-                   "--out", str(tmp_path), "--limit", "6")
-    record = json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "cwd").mkdir()
+    out = tmp_path / "out"
+    proc = run_cli_outside_git(tmp_path / "cwd", "eval", str(trained["ar"]), "--tasks", TASKS,
+                               "--include-path", str(local_tasks), "--out", str(out), "--limit", "6")
+    assert "not a git repository" not in proc.stderr  # lm-eval's commit lookup runs git quietly
+    record = json.loads((out / "results.json").read_text())
     check_results(record, n_mc=6)
     assert record["objective"] == "ar" and record["evaluator"]["model_type"] == "hf"
     assert record["model"]["checkpoint"] == str(checkpoint(trained["ar"]).resolve())  # the newest one

@@ -67,6 +67,8 @@ def test_signal_checkpoints_requeues_and_resumes_bit_identically(slurm_cluster, 
     text = log_of(job)
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", text
     assert f"got {signal}" in text and "requeueing (restart 1 of at most 5)" in text
+    # torchrun's failure report for the intended exit 75 is followed by a line that says so
+    assert text.index("megadlm: the run stopped on request") > text.rfind("ChildFailedError"), text
     records = train_records(run_dir)
     interrupted_at = max(r["step"] for r in records if r["restarts"] == 0)
     assert 3 <= interrupted_at < 60 and records[-1]["restarts"] == 1

@@ -53,6 +53,16 @@ def test_a_bad_point_is_refused_before_anything_is_written(tiny_data, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_a_grid_on_one_data_directory_verifies_its_shards_once(tiny_data, tmp_path):
+    path = write(tmp_path, {"base": "tiny_ar", "out": str(tmp_path / "sweep"),
+                            "set": [*TINY, f"data.path={tiny_data}"],
+                            "arms": {"ar": {}, "mdm": {"objective.type": "mdm"}}, "grid": {"run.seed": [1, 2]}})
+    proc = run_cli("sweep", path, "--dry-run")
+    verified = [line for line in proc.stderr.splitlines() if "verified the checksums" in line]
+    assert len(verified) == 1 and str(tiny_data) in verified[0], proc.stderr[-2000:]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("  [")]) == 4
+
+
 def test_parallel_needs_local_and_a_positive_count(tmp_path):
     path = write(tmp_path, {"base": "tiny_ar", "out": str(tmp_path / "sweep")})
     for args in (["--parallel", "2"], ["--local", "--parallel", "0"]):

@@ -31,15 +31,23 @@ def args(tiny_data, run_dir):
     return ["train", "tiny_ar", "--run-dir", str(run_dir), *sets(*OVERRIDES, f"data.path={tiny_data}")]
 
 
+def runs_megadlm_train(cmdline: list[str]) -> bool:
+    """True for a worker's command line, `PYTHON -u -m megadlm train ...` (torchrun's `-m` form)."""
+    return any(cmdline[i:i + 3] == ["-m", "megadlm", "train"] for i in range(len(cmdline)))
+
+
 def rank_pids(launcher: psutil.Process) -> dict[int, int]:
-    """RANK -> pid of the training workers torchrun started."""
+    """RANK -> pid of the training workers: torchrun's own children that run `-m megadlm train`.
+    Not any descendant with RANK set and "megadlm" in its command line: each worker's
+    multiprocessing resource tracker inherits RANK, and its command line starts with the interpreter's
+    path, which holds "megadlm" when the checkout is named so (killing a tracker kills no rank)."""
     found = {}
-    for child in launcher.children(recursive=True):
+    for child in launcher.children():  # torchrun --standalone is the agent: workers are its children
         try:
-            env = child.environ()
+            cmdline, env = child.cmdline(), child.environ()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if "RANK" in env and "megadlm" in " ".join(child.cmdline()):
+        if "RANK" in env and runs_megadlm_train(cmdline):
             found[int(env["RANK"])] = child.pid
     return found
 

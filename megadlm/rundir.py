@@ -1,0 +1,127 @@
+"""What a run directory holds, and the readers that answer questions about it. Torch-free: the CLI,
+stop handling, the Slurm job script's requeue check, `megadlm status`, sweeps and reports all read
+run directories through this module, so they agree on what they see.
+
+    RUN_DIR/config.yaml        the resolved config of the newest attempt
+    RUN_DIR/metrics.jsonl      one JSON record per line: start, train, val, skip, summary
+    RUN_DIR/STOP               a stop request (removed once honoured)
+    RUN_DIR/checkpoints/       step_NNNNNNNN/ (each with megadlm_manifest.json) and `latest`
+    RUN_DIR/logs/              per-rank logs: library warnings, stack dumps of a hang
+
+An *attempt* is one launch of the trainer: its `start` record, its steps and, unless it crashed,
+its `summary` record. Both carry the attempt id the launcher chose (MEGADLM_ATTEMPT), so a launcher
+can tell its own attempt's outcome from an older one's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+STOP = "STOP"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+LOGS = "logs"
+ATTEMPT_ENV = "MEGADLM_ATTEMPT"
+
+
+def metrics_path(run_dir: str) -> str:
+    return os.path.join(run_dir, METRICS)
+
+
+def checkpoint_root(run_dir: str) -> str:
+    return os.path.join(run_dir, CHECKPOINTS)
+
+
+def stop_path(run_dir: str) -> str:
+    return os.path.join(run_dir, STOP)
+
+
+def rank_log_path(run_dir: str, rank: int) -> str:
+    return os.path.join(run_dir, LOGS, f"rank{rank:05d}.log")
+
+
+def looks_like_run_dir(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, name)) for name in (METRICS, CHECKPOINTS, "slurm"))
+
+
+def read_jsonl(path: str, partial_ok: bool = False) -> list[dict]:
+    """The records of a JSONL file ([] if it does not exist). `partial_ok` skips lines that do not
+    parse: a file another process is appending to may end in half a line."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if not partial_ok:
+                    raise
+    return records
+
+
+def read_metrics(run_dir: str, partial_ok: bool = False) -> list[dict]:
+    return read_jsonl(metrics_path(run_dir), partial_ok)
+
+
+@dataclass
+class Attempt:
+    """The newest attempt recorded in metrics.jsonl."""
+
+    start: dict
+    summary: dict | None  # None: the attempt is still running, or it crashed
+
+    @property
+    def attempt_id(self) -> str | None:
+        return self.start.get("attempt")
+
+    @property
+    def stopped_on_request(self) -> bool:
+        """Checkpointed and stopped because it was asked to (signal or STOP file): resume it."""
+        return bool(self.summary and self.summary.get("interrupted") and not self.summary.get("finished"))
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.summary and self.summary.get("finished"))
+
+
+def last_attempt(run_dir: str) -> Attempt | None:
+    """The newest attempt, or None when no attempt has logged its start. A summary only belongs to
+    the newest start if it comes after it: a later start without a summary is a crash (or a run
+    in progress), whatever older attempts said."""
+    start, summary = None, None
+    for record in read_metrics(run_dir, partial_ok=True):  # the run may be writing it right now
+        kind = record.get("kind")
+        if kind == "start":
+            start, summary = record, None
+        elif kind == "summary" and start is not None:
+            summary = record
+    return Attempt(start, summary) if start is not None else None
+
+
+def attempt_stopped_on_request(run_dir: str, attempt_id: str | None = None) -> bool:
+    """Whether the newest attempt stopped on request; with `attempt_id`, only if it is that attempt
+    (an attempt that crashed before logging its start leaves the previous one's records)."""
+    attempt = last_attempt(run_dir)
+    if attempt is None or not attempt.stopped_on_request:
+        return False
+    return attempt_id is None or attempt.attempt_id == attempt_id
+
+
+def progress(run_dir: str) -> dict:
+    """Where a run stands, from its metrics: step, epoch, last losses, finished or stopped."""
+    records = read_metrics(run_dir, partial_ok=True)
+    start = next((r for r in reversed(records) if r.get("kind") == "start"), {})
+    train = next((r for r in reversed(records) if r.get("kind") == "train"), {})
+    val = next((r for r in reversed(records) if r.get("kind") == "val"), {})
+    attempt = last_attempt(run_dir)
+    return {"step": train.get("step", start.get("step")), "total_steps": start.get("total_steps"),
+            "epoch": train.get("epoch"), "loss": train.get("loss"), "val_loss": val.get("val_loss"),
+            "finished": bool(attempt and attempt.finished),
+            "interrupted": bool(attempt and attempt.stopped_on_request),
+            "restarts_seen": start.get("restarts")}
