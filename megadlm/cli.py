@@ -28,9 +28,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, length_flag: str) -> Non
 def _add_slurm_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Slurm resources")
     g.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
-    g.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node = ranks per node (default 0: CPU)")
+    g.add_argument("--gpus-per-node", type=int, default=0,
+                   help="GPUs per node = ranks per node (default 0: CPU)")
     g.add_argument("--procs-per-node", type=int, help="ranks per node on CPU nodes (default 1)")
-    g.add_argument("--cpus-per-task", type=int, help="CPUs for each node's launcher (default 4 per GPU or 1 per rank)")
+    g.add_argument("--cpus-per-task", type=int,
+                   help="CPUs for each node's launcher (default 4 per GPU or 1 per rank)")
     g.add_argument("--time", help="time limit, e.g. 2-00:00:00 or 60 (minutes)")
     g.add_argument("--partition")
     g.add_argument("--account")
@@ -109,7 +111,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="per-GPU memory, fit and step-time estimate for a cluster layout",
                        description="Estimate per-GPU memory (parameters, gradients, optimizer state by "
-                                   "ZeRO stage/TP/PP, activations) and step time for CONFIG on N nodes x G GPUs.")
+                                   "ZeRO stage/TP/PP, activations) and step time for CONFIG on N nodes "
+                                   "x G GPUs.")
     _add_config_arguments(p)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, required=True)
@@ -124,11 +127,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reshard", help="convert a checkpoint so it resumes at another TP/PP/DP/ZeRO layout",
                        description="Write the DeepSpeed universal form of CKPT (full fp32 weights and Adam "
                                    "moments per parameter) to OUT, named for a target with --pp stages. Then "
-                                   "`megadlm train CONFIG --resume-from OUT` with any parallel.tp, process count "
-                                   "and parallel.zero_stage 1/2 (and that --pp).")
-    p.add_argument("checkpoint", help="a complete checkpoint directory, e.g. RUN_DIR/checkpoints/step_00000100")
+                                   "`megadlm train CONFIG --resume-from OUT` with any parallel.tp, process "
+                                   "count and parallel.zero_stage 1/2 (and that --pp).")
+    p.add_argument("checkpoint",
+                   help="a complete checkpoint directory, e.g. RUN_DIR/checkpoints/step_00000100")
     p.add_argument("--out", required=True, help="new directory for the universal checkpoint")
-    p.add_argument("--pp", type=int, default=1, help="pipeline stages of the run that will resume (default 1)")
+    p.add_argument("--pp", type=int, default=1,
+                   help="pipeline stages of the run that will resume (default 1)")
     p.add_argument("--workers", type=int, default=1, help="converter processes (default 1)")
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory",
@@ -136,12 +141,14 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "model.safetensors and tokenizer files. AR models load with "
                                    "AutoModelForCausalLM (Qwen3 or Llama); MDM models add "
                                    "modeling_megadlm_mdm.py (load with trust_remote_code=True).")
-    p.add_argument("checkpoint", help="a complete checkpoint directory, e.g. RUN_DIR/checkpoints/step_00000100")
+    p.add_argument("checkpoint",
+                   help="a complete checkpoint directory, e.g. RUN_DIR/checkpoints/step_00000100")
     p.add_argument("--format", choices=["hf"], default="hf")
     p.add_argument("--out", required=True, help="new output directory")
 
     p = sub.add_parser("import", help="turn a Hugging Face model into weights a run starts from",
-                       description="Convert HF_DIR (Qwen3/Llama, or a megadlm MDM export) to OUT/weights.safetensors "
+                       description="Convert HF_DIR (Qwen3/Llama, or a megadlm MDM export) to "
+                                   "OUT/weights.safetensors "
                                    "(full tensors by megadlm name) and OUT/model.yaml (the matching model "
                                    "section, with model.init_from set). Any TP/PP layout can start from it, "
                                    "with either objective (e.g. AR -> MDM adaptation).")
@@ -149,9 +156,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new output directory")
 
     p = sub.add_parser("eval", help="run lm-eval tasks on a checkpoint, run directory or HF export",
-                       description="Evaluate MODEL (a checkpoint, a run directory's newest verified checkpoint, "
-                                   "or an HF export) with lm-evaluation-harness. Checkpoints are exported first "
-                                   "(beside the checkpoint, or to --export-dir). MDM models are scored by the "
+                       description="Evaluate MODEL (a checkpoint, a run directory's newest verified "
+                                   "checkpoint, or an HF export) with lm-evaluation-harness. Checkpoints "
+                                   "are exported first (beside the checkpoint, or to --export-dir). MDM "
+                                   "models are scored by the "
                                    "Monte-Carlo ELBO (or the exact left-to-right chain rule) and sampled by "
                                    "iterative unmasking; AR models use lm-eval's own `hf` model. Writes "
                                    "OUT/results.json recording the estimator, mc_num and seeds.")
@@ -162,8 +170,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", help="directory of extra task YAML files (local tasks)")
     p.add_argument("--estimator", choices=["mc_elbo", "chain_rule"], default="mc_elbo",
                    help="MDM likelihood estimator (default mc_elbo)")
-    p.add_argument("--mc-num", type=int, default=128, help="Monte-Carlo samples per MDM likelihood (default 128)")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the estimator, sampler and lm-eval (default 1234)")
+    p.add_argument("--mc-num", type=int, default=128,
+                   help="Monte-Carlo samples per MDM likelihood (default 128)")
+    p.add_argument("--seed", type=int, default=1234,
+                   help="seed of the estimator, sampler and lm-eval (default 1234)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="AR batch size (default 8)")
     p.add_argument("--export-dir", help="where a checkpoint is exported (default: CKPT.hf beside it)")
@@ -179,21 +189,24 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a training run to Slurm (multi-node, auto-requeue)",
                        description="Render an sbatch script from slurm/train.sbatch (one torchrun per node, "
-                                   "static rendezvous on the first node), write it and the resolved config into "
-                                   "RUN_DIR/slurm/, submit it and print the job id. Before the time limit "
-                                   "(--signal=B:USR1@margin) or on preemption (SIGTERM) the trainer checkpoints "
-                                   "and stops; the job requeues itself and resumes, up to --max-restarts times.")
+                                   "static rendezvous on the first node), write it and the resolved config "
+                                   "into RUN_DIR/slurm/, submit it and print the job id. Before the time "
+                                   "limit (--signal=B:USR1@margin) or on preemption (SIGTERM) the trainer "
+                                   "checkpoints and stops; the job requeues itself and resumes, up to "
+                                   "--max-restarts times.")
     _add_config_arguments(p)
     _add_slurm_arguments(p)
     p.add_argument("--run-dir", help="run directory (default: run.run_dir or runs/<run.name>)")
 
-    p = sub.add_parser("sweep", help="submit a grid of runs (objective x regulariser x budget x seed) as a job array",
+    p = sub.add_parser("sweep",
+                       help="submit a grid of runs (objective x regulariser x budget x seed) as a job array",
                        description="Expand GRID.yaml (base config, common `set`, named `arms`, `grid` axes, "
                                    "`resources`) into one run directory per point under the sweep directory, "
-                                   "with sweep.json as manifest, and submit one Slurm job array (task i = point i). "
-                                   "See megadlm/slurm/sweep.py for the file format.")
+                                   "with sweep.json as manifest, and submit one Slurm job array (task i = "
+                                   "point i). See megadlm/slurm/sweep.py for the file format.")
     p.add_argument("grid", help="sweep YAML file")
-    p.add_argument("--dry-run", action="store_true", help="list the points and print the script; submit nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the points and print the script; submit nothing")
     p.add_argument("--local", action="store_true",
                    help="no Slurm: train the points on this machine (run again to continue)")
     p.add_argument("--parallel", type=int, default=None,
@@ -202,15 +215,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="state, step, epoch and last losses of a sweep's or a run's jobs",
                        description="Show each run of SWEEP_OR_RUN_DIR: Slurm state (scontrol/sacct), step, "
-                                   "epoch, last train and validation loss, restarts, and the log of failed runs.")
+                                   "epoch, last train and validation loss, restarts, and the log of failed "
+                                   "runs.")
     p.add_argument("path", help="sweep directory (sweep.json) or run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     p = sub.add_parser("report", help="tables and plots comparing runs and sweeps (arms, budgets, evals)",
-                       description="Collate runs and sweeps: validation loss vs epoch and vs tokens per arm, the "
-                                   "epoch where each arm's validation loss turns up (overfitting onset), the best "
-                                   "loss per arm, and downstream results (results.json from `megadlm eval` under a "
-                                   "run directory) per task and estimator. Runs with different data budgets are "
+                       description="Collate runs and sweeps: validation loss vs epoch and vs tokens per arm, "
+                                   "the epoch where each arm's validation loss turns up (overfitting onset), "
+                                   "the best loss per arm, and downstream results (results.json from "
+                                   "`megadlm eval` under a run directory) per task and estimator. Runs with "
+                                   "different data budgets are "
                                    "reported separately. --out DIR writes summary.md, summary.json and PNGs; "
                                    "--out FILE.png writes the simple loss-vs-epoch picture and table.")
     p.add_argument("runs", nargs="+", help="run or sweep directories")
@@ -311,15 +326,16 @@ def _cmd_import(args) -> int:
     from megadlm.convert.import_hf import WEIGHTS_FILE, import_hf
 
     facts = import_hf(args.hf_dir, args.out)
-    print(f"wrote {args.out}/{WEIGHTS_FILE} ({facts['num_layers']} layers, hidden {facts['hidden_size']}) and "
-          f"{args.out}/model.yaml; start a run with `--set model.init_from={args.out}/{WEIGHTS_FILE}`")
+    print(f"wrote {args.out}/{WEIGHTS_FILE} ({facts['num_layers']} layers, hidden {facts['hidden_size']}) "
+          f"and {args.out}/model.yaml; start a run with `--set model.init_from={args.out}/{WEIGHTS_FILE}`")
     return 0
 
 
 def _cmd_eval(args) -> int:
     from megadlm.evaluation.run import EvalRequest, run_eval, summary_lines
 
-    generation = {k: getattr(args, k) for k in ("gen_length", "steps", "block_length", "temperature", "remasking")}
+    generation = {k: getattr(args, k)
+                  for k in ("gen_length", "steps", "block_length", "temperature", "remasking")}
     req = EvalRequest(model=args.model, tasks=[t for t in args.tasks.split(",") if t], out=args.out,
                       limit=args.limit, include_path=args.include_path, estimator=args.estimator,
                       mc_num=args.mc_num, seed=args.seed, device=args.device, batch_size=args.batch_size,
@@ -366,7 +382,8 @@ def _cmd_sweep(args) -> int:
     elif args.local:
         failed = [name for name, code in out["local_exit_codes"].items() if code != 0]
         print(f"ran {len(out['points'])} points locally: {out['sweep_dir']}"
-              + (f"; failed: {', '.join(failed)} (see `megadlm status {out['sweep_dir']}`)" if failed else ""))
+              + (f"; failed: {', '.join(failed)} (see `megadlm status {out['sweep_dir']}`)"
+                 if failed else ""))
         return 1 if failed else 0
     else:
         print(f"submitted array job {out['job_id']} ({len(out['points'])} points): {out['sweep_dir']}")

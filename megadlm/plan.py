@@ -84,7 +84,8 @@ def stage_parameters(cfg: Config, vocab: int, tp: int, pp: int) -> list[list[Par
     return stages
 
 
-def _state_bytes(params: list[ParamSpec], tp: int, dp: int, zero: int, bf16: bool) -> tuple[float, float, float]:
+def _state_bytes(params: list[ParamSpec], tp: int, dp: int, zero: int,
+                 bf16: bool) -> tuple[float, float, float]:
     """(parameter, gradient, optimizer) bytes on one rank for the given parameters."""
     numel = [_local_numel(p, tp) for p in params]
     total = sum(numel)
@@ -134,7 +135,8 @@ def make_plan(cfg: Config, vocab: int, nodes: int, gpus_per_node: int, gpu_mem_g
         logits = (2 * cfg.data.seq_len * cfg.schedule.micro_batch_size * padded / tp * 4
                   if index == pp - 1 else 0.0)
         total = param + grad + optimizer + bucket + acts + logits
-        stage = (total, sum(_local_numel(p, tp) for p in params), param, grad, optimizer, bucket, acts, logits)
+        stage = (total, sum(_local_numel(p, tp) for p in params), param, grad, optimizer, bucket, acts,
+                 logits)
         if best is None or stage[0] > best[0]:
             best = stage
     total, n_local, param, grad, optimizer, bucket, acts, logits = best
@@ -143,7 +145,8 @@ def make_plan(cfg: Config, vocab: int, nodes: int, gpus_per_node: int, gpu_mem_g
     step_time = fpt * tokens / (world * peak_tflops * 1e12 * mfu)
     return Plan(world, tp, pp, dp, zero, precision, count_parameters(cfg, padded)["total"], n_local,
                 param, grad, optimizer, bucket, acts, logits, total, gpu_mem_gib * GiB,
-                total <= 0.9 * gpu_mem_gib * GiB, tokens, fpt, step_time, tokens / step_time, mfu, peak_tflops)
+                total <= 0.9 * gpu_mem_gib * GiB, tokens, fpt, step_time, tokens / step_time, mfu,
+                peak_tflops)
 
 
 def format_plan(plan: Plan, name: str) -> str:
@@ -151,8 +154,8 @@ def format_plan(plan: Plan, name: str) -> str:
     rows = [
         f"plan for {name}: {plan.world_size} GPUs = TP {plan.tp} x PP {plan.pp} x DP {plan.dp}, "
         f"ZeRO-{plan.zero_stage}, {plan.precision}",
-        f"  parameters        {plan.params_total / 1e9:8.3f} B total, {plan.params_per_gpu / 1e6:.1f} M on the "
-        f"largest stage per TP rank",
+        f"  parameters        {plan.params_total / 1e9:8.3f} B total, "
+        f"{plan.params_per_gpu / 1e6:.1f} M on the largest stage per TP rank",
         f"  parameters        {g(plan.param_bytes)}",
         f"  gradients         {g(plan.grad_bytes)}",
         f"  optimizer state   {g(plan.optimizer_bytes)}   (fp32 master + Adam moments)",

@@ -21,7 +21,8 @@ from megadlm.errors import ConfigError, RunDirError
 VERIFIED_ENV = "MEGADLM_SHARDS_VERIFIED"
 
 # Model fields that do not change what a checkpoint holds (or may change between resumes).
-_NOT_SHAPE = ("init_std", "activation_checkpointing", "make_vocab_size_divisible_by", "vocab_size", "init_from")
+_NOT_SHAPE = ("init_std", "activation_checkpointing", "make_vocab_size_divisible_by", "vocab_size",
+              "init_from")
 
 
 @dataclass
@@ -122,4 +123,5 @@ def verify_data_dirs(paths: list[str], quiet: bool = True) -> None:
     for path in sorted({os.path.abspath(p) for p in paths}):
         shards = verify_shards(path)
         if not quiet:
-            print(f"megadlm: verified the checksums of {shards} shards in {path}", file=sys.stderr, flush=True)
+            print(f"megadlm: verified the checksums of {shards} shards in {path}", file=sys.stderr,
+                  flush=True)

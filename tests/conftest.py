@@ -35,7 +35,8 @@ def megadlm_env() -> dict:
     return env
 
 
-def run_cli(*args: str, timeout: int = 600, check: bool = True, nproc: int = 0) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 600, check: bool = True,
+            nproc: int = 0) -> subprocess.CompletedProcess:
     """Run `python -m megadlm ARGS` (or under torchrun with nproc ranks) and return the result."""
     if nproc:
         from megadlm.train.launch import torchrun_command
@@ -45,7 +46,8 @@ def run_cli(*args: str, timeout: int = 600, check: bool = True, nproc: int = 0) 
         cmd = [sys.executable, "-m", "megadlm", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=megadlm_env(), cwd=REPO)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 

@@ -26,7 +26,8 @@ def existing(tiny_data, tmp_path_factory):
     data = root / "data"
     shutil.copytree(tiny_data, data)
     run = root / "run"
-    run_cli("train", "tiny_ar", "--run-dir", str(run), *sets(*TINY, f"data.path={data}", "schedule.max_steps=2"))
+    run_cli("train", "tiny_ar", "--run-dir", str(run),
+            *sets(*TINY, f"data.path={data}", "schedule.max_steps=2"))
     return {"root": root, "data": data, "run": run}
 
 
@@ -79,7 +80,8 @@ def case_args(name, existing, tmp_path):
                 "--tokenizer", str(tmp_path / "no_such_tokenizer.json"), "--no-progress"]
     if name == "empty_corpus":
         (tmp_path / "empty.txt").write_text("  \n")
-        return ["prepare", "--input", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "out"), "--no-progress"]
+        return ["prepare", "--input", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "out"),
+                "--no-progress"]
     if name == "run_dir_is_a_file":
         (tmp_path / "a_file").write_text("not a directory")
         return train_args(existing, run=tmp_path / "a_file" / "run")
@@ -139,7 +141,8 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(existing, tmp_path)
         resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
 
     proc = subprocess.run([sys.executable, "-m", "megadlm", *train_args(existing, run=run)], cwd=REPO,
-                          env=megadlm_env(), capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+                          env=megadlm_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files)
     assert proc.returncode == 3, proc.stderr[-3000:]
     message = proc.stderr.strip().splitlines()[-1]
     assert "writing checkpoint step_00000004 failed" in message and "disk full" in message
@@ -149,5 +152,6 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(existing, tmp_path)
     # with space again, the same command resumes from step 2 and finishes
     run_cli(*train_args(existing, run=run))
     assert (run / "checkpoints" / "latest").read_text() == "step_00000004"
-    starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"start"' in line]
+    starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"start"' in line]
     assert starts[-1]["step"] == 2

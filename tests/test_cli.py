@@ -7,8 +7,8 @@ import pytest
 
 from tests.conftest import REPO, TINY, megadlm_env, run_cli, sets
 
-COMMANDS = ["prepare", "train", "config", "demo", "plan", "report", "reshard", "export", "import", "eval", "generate",
-            "submit", "sweep", "status"]
+COMMANDS = ["prepare", "train", "config", "demo", "plan", "report", "reshard", "export", "import", "eval",
+            "generate", "submit", "sweep", "status"]
 
 
 def test_help_is_fast_and_imports_no_torch():
@@ -19,7 +19,8 @@ def test_help_is_fast_and_imports_no_torch():
             "        try: main(cmd + ['--help'])\n"
             "        except SystemExit: pass\n"
             "    assert 'usage: megadlm' in out.getvalue(), cmd\n"
-            "heavy = [m for m in ('torch', 'deepspeed', 'megatron', 'streaming', 'wandb') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'deepspeed', 'megatron', 'streaming', 'wandb') "
+            "if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, env=megadlm_env(), cwd=REPO, timeout=60)
 
@@ -32,7 +33,8 @@ def test_every_command_has_help(command):
 
 def test_config_prints_the_resolved_config():
     proc = run_cli("config", "tiny_ar", *sets("optim.lr=0.005", "objective.token_dropout=uniform"))
-    assert "type: ar" in proc.stdout and "lr: 0.005" in proc.stdout and "token_dropout: uniform" in proc.stdout
+    assert ("type: ar" in proc.stdout and "lr: 0.005" in proc.stdout
+            and "token_dropout: uniform" in proc.stdout)
     assert "num_layers: 6" in proc.stdout  # inherited from presets/tiny.yaml through extends
 
 
@@ -66,7 +68,8 @@ def test_sizes_that_do_not_divide_fail_before_any_process_starts(tiny_data):
     msg = error_of("train", "tiny_ar", "--nproc", "2", *sets(f"data.path={tiny_data}", "parallel.tp=3"))
     assert "parallel.tp" in msg
     msg = error_of("train", "tiny_ar", "--nproc", "2",
-                   *sets(f"data.path={tiny_data}", "schedule.global_batch_size=6", "schedule.micro_batch_size=4"))
+                   *sets(f"data.path={tiny_data}", "schedule.global_batch_size=6",
+                         "schedule.micro_batch_size=4"))
     assert "global_batch_size" in msg
 
 
@@ -76,7 +79,8 @@ def test_missing_data_directory(tmp_path):
 
 
 def test_sequence_length_must_match_the_shards(tiny_data, tmp_path):
-    msg = error_of("train", "tiny_ar", "--run-dir", str(tmp_path / "r"), *sets(f"data.path={tiny_data}", "data.seq_len=64"))
+    msg = error_of("train", "tiny_ar", "--run-dir", str(tmp_path / "r"),
+                   *sets(f"data.path={tiny_data}", "data.seq_len=64"))
     assert "data.seq_len=64" in msg and "32" in msg
     assert not (tmp_path / "r").exists()  # nothing created for a refused run
 

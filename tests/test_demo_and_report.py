@@ -29,7 +29,8 @@ def _write_run(path, objective, val_losses):
     recs = [{"kind": "start", "step": 0, "objective": objective}]
     for i, v in enumerate(val_losses, 1):
         recs.append({"kind": "train", "step": i * 10, "epoch": float(i), "loss": v + 0.1})
-        recs.append({"kind": "val", "step": i * 10, "epoch": float(i), "val_loss": v, "val_bits_per_byte": v / 0.69})
+        recs.append({"kind": "val", "step": i * 10, "epoch": float(i), "val_loss": v,
+                     "val_bits_per_byte": v / 0.69})
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
 
 

@@ -25,9 +25,11 @@ def test_plan_counts_the_exact_parameters_and_refuses_bad_layouts():
 
 def test_plan_says_when_it_does_not_fit():
     proc = run_cli("plan", "presets/qwen3-0.6b", "--nodes", "1", "--gpus-per-node", "1", "--vocab", "151669",
-                   "--gpu-mem", "8", *sets("model.activation_checkpointing=false", "schedule.micro_batch_size=16"))
+                   "--gpu-mem", "8",
+                   *sets("model.activation_checkpointing=false", "schedule.micro_batch_size=16"))
     assert "DOES NOT FIT" in proc.stdout
-    proc = run_cli("plan", "presets/qwen3-0.6b", "--nodes", "2", "--gpus-per-node", "8", "--vocab", "151669", "--json")
+    proc = run_cli("plan", "presets/qwen3-0.6b", "--nodes", "2", "--gpus-per-node", "8", "--vocab", "151669",
+                   "--json")
     plan = json.loads(proc.stdout)
     assert plan["world_size"] == 16 and plan["fits"] and plan["tokens_per_step"] == 256 * 2048
 
@@ -40,11 +42,13 @@ def test_plan_says_when_it_does_not_fit():
 def test_model_state_bytes_match_a_real_cpu_run(tiny_data, tmp_path, layout, ranks):
     from megadlm.plan import make_plan
 
-    overrides = [*SHAPE, *layout, f"data.path={tiny_data}", "schedule.max_steps=1", "checkpoint.save_final=false"]
+    overrides = [*SHAPE, *layout, f"data.path={tiny_data}", "schedule.max_steps=1",
+                 "checkpoint.save_final=false"]
     run_cli("train", "tiny_ar", "--run-dir", str(tmp_path / "r"), *sets(*overrides), nproc=ranks)
     measured = train_records(tmp_path / "r")[0]["model_state_bytes_rank0"]
     plan = make_plan(load_config("tiny_ar", overrides), 258, nodes=1, gpus_per_node=ranks, gpu_mem_gib=80,
                      precision="fp32")
     print(f"{layout}: plan {plan.model_state_bytes / 1e6:.2f} MB, measured {measured / 1e6:.2f} MB, "
           f"ratio {plan.model_state_bytes / measured:.3f}")
-    assert abs(plan.model_state_bytes - measured) <= 0.10 * measured, (layout, plan.model_state_bytes, measured)
+    assert abs(plan.model_state_bytes - measured) <= 0.10 * measured, (layout, plan.model_state_bytes,
+                                                                       measured)

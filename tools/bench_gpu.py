@@ -102,7 +102,8 @@ def bench_one(config: str, vocab: int, objective: str, args, extra: list[str]) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--objectives", nargs="+", default=["mdm", "ar"], choices=["mdm", "ar"])
     parser.add_argument("--steps", type=int, default=20)
@@ -141,7 +142,8 @@ def main() -> int:
               f"{r['mfu']:>6.1%} {mem:>9}")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": card, "matmul_ceiling_tflops": ceiling,
-                                              "date": time.strftime("%Y-%m-%d"), "results": results}, indent=1))
+                                              "date": time.strftime("%Y-%m-%d"), "results": results},
+                                             indent=1))
     return 0
 
 

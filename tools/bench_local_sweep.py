@@ -43,7 +43,8 @@ def run_sweep(grid: Path, parallel: int) -> float:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("WANDB_MODE", "disabled")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "megadlm", "sweep", str(grid), "--local", "--parallel", str(parallel)],
+    subprocess.run([sys.executable, "-m", "megadlm", "sweep", str(grid), "--local",
+                    "--parallel", str(parallel)],
                    check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
@@ -73,8 +74,8 @@ def main() -> int:
         parallel = run_sweep(write_grid(root, data, args.steps, "parallel"), parallel=2)
         a, b = final_val_losses(root / "serial"), final_val_losses(root / "parallel")
     diff = max(abs(a[name] - b[name]) for name in a)
-    result = {"cpus": os.cpu_count(), "points": 2, "steps": args.steps, "serial_s": serial, "parallel2_s": parallel,
-              "speedup": serial / parallel, "max_final_val_loss_diff": diff}
+    result = {"cpus": os.cpu_count(), "points": 2, "steps": args.steps, "serial_s": serial,
+              "parallel2_s": parallel, "speedup": serial / parallel, "max_final_val_loss_diff": diff}
     print(f"2 points x {args.steps} steps on {os.cpu_count()} CPUs: one at a time {serial:.1f} s, "
           f"two at once {parallel:.1f} s -> {serial / parallel:.2f}x; final val losses differ by {diff:.2e}")
     print(json.dumps(result))

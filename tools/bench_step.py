@@ -62,7 +62,8 @@ def time_megadlm(data: Path, shape: dict, objective: str, steps: int, warmup: in
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in recs if r["kind"] == "start")
     times = [r["step_time_s"] for r in recs if r["kind"] == "train"][warmup:]
-    return {"ms": statistics.median(times) * 1000, "tokens_per_s": shape["micro"] * shape["seq"] / statistics.median(times),
+    return {"ms": statistics.median(times) * 1000,
+            "tokens_per_s": shape["micro"] * shape["seq"] / statistics.median(times),
             "flops_per_token": start["flops_per_token"], "params": None}
 
 
@@ -99,10 +100,12 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(s):
         super().__init__()
-        s.emb = nn.Embedding(vocab, H); s.blocks = nn.ModuleList(Block() for _ in range(L)); s.norm = nn.RMSNorm(H, eps=1e-6)
+        s.emb = nn.Embedding(vocab, H); s.blocks = nn.ModuleList(Block() for _ in range(L))
+        s.norm = nn.RMSNorm(H, eps=1e-6)
         for p in s.parameters():
             if p.dim() > 1: nn.init.normal_(p, std=0.02)
-        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D)); f = torch.outer(torch.arange(S).float(), inv)
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+        f = torch.outer(torch.arange(S).float(), inv)
         emb = torch.cat((f, f), -1); s.register_buffer("cos", emb.cos()); s.register_buffer("sin", emb.sin())
     def forward(s, ids, labels):
         x = s.emb(ids)
@@ -113,7 +116,8 @@ class GPT(nn.Module):
 torch.manual_seed(0)
 model = GPT()
 decay = [p for p in model.parameters() if p.dim() >= 2]; rest = [p for p in model.parameters() if p.dim() < 2]
-opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=3e-4, betas=(0.9, 0.95))
+opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                        lr=3e-4, betas=(0.9, 0.95))
 times = []
 for i in range(steps):
     ids = torch.randint(0, 256, (B, S + 1))
@@ -121,12 +125,14 @@ for i in range(steps):
     loss = model(ids[:, :-1], ids[:, 1:]); loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - t0)
-print(json.dumps({"ms": statistics.median(times[warmup:]) * 1000, "params": sum(p.numel() for p in model.parameters())}))
+print(json.dumps({"ms": statistics.median(times[warmup:]) * 1000,
+                  "params": sum(p.numel() for p in model.parameters())}))
 '''
 
 
 def time_plain(shape: dict, steps: int, warmup: int, vocab: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", PLAIN, json.dumps(shape), str(steps), str(warmup), str(vocab)],
+    out = subprocess.run([sys.executable, "-c", PLAIN, json.dumps(shape), str(steps), str(warmup),
+                          str(vocab)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -150,7 +156,8 @@ def loader_tokens_per_s(data: Path, shape: dict, root: Path, batches: int) -> fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--objective", default="ar", choices=["ar", "mdm"])
@@ -183,8 +190,9 @@ def main() -> int:
               "trainer_tokens_per_s": round(mega["tokens_per_s"]), "loader_tokens_per_s": round(loader),
               "loader_over_trainer": round(loader_ratio, 1), "load_avg_1m": round(os.getloadavg()[0], 2)}
     print(json.dumps(result))
-    print(f"step time: megadlm {mega['ms']:.1f} ms vs plain PyTorch {plain['ms']:.1f} ms -> ratio {ratio:.2f} "
-          f"(target <= 1.3); loader {loader:,.0f} tok/s vs trainer {mega['tokens_per_s']:,.0f} tok/s -> "
+    print(f"step time: megadlm {mega['ms']:.1f} ms vs plain PyTorch {plain['ms']:.1f} ms "
+          f"-> ratio {ratio:.2f} (target <= 1.3); loader {loader:,.0f} tok/s "
+          f"vs trainer {mega['tokens_per_s']:,.0f} tok/s -> "
           f"{loader_ratio:.0f}x (target >= 20x); {params / 1e6:.2f}M params, {args.objective}")
     return 0 if math.isfinite(ratio) else 1
 

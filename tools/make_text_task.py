@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TASK_YAML = """# Perplexity over {docs} consecutive {nbytes}-byte chunks of {source} (made by tools/make_text_task.py).
+TASK_YAML = """# Perplexity over {docs} consecutive {nbytes}-byte chunks of {source} \
+(made by tools/make_text_task.py).
 task: {name}
 dataset_path: json
 dataset_kwargs:
@@ -65,7 +66,8 @@ def main() -> int:
     from megadlm.data.corpus import iter_documents
 
     if args.docs < 1 or args.nbytes < 4:  # a chunk must hold any UTF-8 character (up to 4 bytes)
-        print(f"error: --docs must be >= 1 and --bytes >= 4 (got {args.docs} and {args.nbytes})", file=sys.stderr)
+        print(f"error: --docs must be >= 1 and --bytes >= 4 (got {args.docs} and {args.nbytes})",
+              file=sys.stderr)
         return 2
     source = Path(args.text)
     if not source.is_file():
@@ -83,8 +85,9 @@ def main() -> int:
     jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     # lm-eval's json loader resolves data_files against the working directory, not the YAML's folder:
     # the path is written as given (relative to where `megadlm eval` will run, e.g. the repo root)
-    (out / f"{args.name}.yaml").write_text(TASK_YAML.format(docs=args.docs, nbytes=args.nbytes, source=source.name,
-                                                            name=args.name, jsonl=str(jsonl)))
+    (out / f"{args.name}.yaml").write_text(TASK_YAML.format(docs=args.docs, nbytes=args.nbytes,
+                                                            source=source.name, name=args.name,
+                                                            jsonl=str(jsonl)))
     print(f"wrote {len(docs)} documents to {jsonl} and the task {args.name} to {out / (args.name + '.yaml')}")
     return 0
 

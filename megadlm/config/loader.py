@@ -98,8 +98,8 @@ def find_config(name: str, base_dir: Optional[Union[str, Path]] = None) -> Path:
     """Resolve a config file name.
 
     Tries, in order: `base_dir/name` (the including file's directory) or, without base_dir, `name`
-    as given, then `yaml_configs/name` and `yaml_configs/presets/name`, each also with `.yaml` appended, so a bare
-    preset name like `tiny` finds yaml_configs/presets/tiny.yaml.
+    as given, then `yaml_configs/name` and `yaml_configs/presets/name`, each also with `.yaml` appended,
+    so a bare preset name like `tiny` finds yaml_configs/presets/tiny.yaml.
     """
     tried = _candidates(str(name), Path(base_dir) if base_dir is not None else None)
     for p in tried:
@@ -309,7 +309,7 @@ def _describe(tp: Any) -> str:
 
 def _union_args(tp: Any) -> Optional[tuple]:
     origin = typing.get_origin(tp)
-    if origin is Union or (hasattr(types, "UnionType") and origin is getattr(types, "UnionType")):
+    if origin is Union or origin is types.UnionType:
         return typing.get_args(tp)
     return None
 

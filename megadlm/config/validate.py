@@ -91,7 +91,8 @@ def _at_least(key: str, value: Any, low: int, report: Report) -> bool:
 def _in_range(
     key: str, value: Any, lo: float, hi: float, report: Report, lo_open: bool = False, hi_open: bool = False
 ) -> None:
-    ok = _is_num(value) and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    ok = (_is_num(value) and (value > lo if lo_open else value >= lo)
+          and (value < hi if hi_open else value <= hi))
     if not ok:
         interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
         report(f"{key}={value!r} must be a number in {interval}")
@@ -290,7 +291,8 @@ def _check_logging(cfg: Config, report: Report) -> None:
     _choice("run.on_nan", cfg.run.on_nan, ON_NAN, report)
     _at_least("run.max_skips", cfg.run.max_skips, 0, report)
     if not (_is_num(cfg.run.hang_timeout_s) and cfg.run.hang_timeout_s >= 0):
-        report(f"run.hang_timeout_s={cfg.run.hang_timeout_s!r} must be a number of seconds >= 0 (0 = no watchdog)")
+        report(f"run.hang_timeout_s={cfg.run.hang_timeout_s!r} must be a number of seconds >= 0 "
+               f"(0 = no watchdog)")
     if cfg.run.stop_at_step is not None:
         _at_least("run.stop_at_step", cfg.run.stop_at_step, 1, report)
     _at_least("logging.log_interval", cfg.logging.log_interval, 1, report)

@@ -144,7 +144,8 @@ def model_facts_from_hf(config: dict) -> dict:
             "num_query_groups": config.get("num_key_value_heads", heads),
             "kv_channels": config.get("head_dim") or config["hidden_size"] // heads,
             "position_embedding": "rope", "rotary_base": int(config.get("rope_theta", 10000)),
-            "normalization": "RMSNorm", "norm_epsilon": config.get("rms_norm_eps", 1e-6), "activation": "swiglu",
+            "normalization": "RMSNorm", "norm_epsilon": config.get("rms_norm_eps", 1e-6),
+            "activation": "swiglu",
             "qk_layernorm": model_type == "qwen3", "add_bias_linear": False,
             "tie_embeddings": bool(config.get("tie_word_embeddings", False)),
             "padded_vocab_size": config["vocab_size"]}

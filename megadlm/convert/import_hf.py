@@ -53,7 +53,8 @@ def import_hf(hf_dir: str, out: str) -> dict:
     model_yaml["init_from"] = os.path.abspath(os.path.join(out, WEIGHTS_FILE))
     lines = ["# megadlm import of " + os.path.abspath(hf_dir) + "; extend a config with this model section",
              "model:"] + [f"  {k}: {json.dumps(v)}" for k, v in model_yaml.items()]
-    lines.append(f"  # the HF vocabulary was {facts['padded_vocab_size']} (data must use a tokenizer that fits)")
+    lines.append(f"  # the HF vocabulary was {facts['padded_vocab_size']} "
+                 f"(data must use a tokenizer that fits)")
     (work / "model.yaml").write_text("\n".join(lines) + "\n")
     follow_umask(work)
     os.rename(work, out)

@@ -26,7 +26,8 @@ def full_weights(checkpoint: str) -> tuple[dict[str, torch.Tensor], dict]:
     if layout.get(UNIVERSAL_MARK) and layout["pp"] == 1:
         return _read_zero_dir(os.path.join(checkpoint, "zero")), manifest
     # next to the checkpoint: the universal copy is as large as the checkpoint itself
-    with tempfile.TemporaryDirectory(prefix=".megadlm_export_", dir=os.path.dirname(os.path.abspath(checkpoint))) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".megadlm_export_",
+                                     dir=os.path.dirname(os.path.abspath(checkpoint))) as tmp:
         out = os.path.join(tmp, "universal")
         reshard(checkpoint, out, target_pp=1)
         return _read_zero_dir(os.path.join(out, "zero")), manifest
@@ -37,5 +38,6 @@ def _read_zero_dir(zero_dir: str) -> dict[str, torch.Tensor]:
     for name in sorted(os.listdir(zero_dir)):
         path = os.path.join(zero_dir, name, "fp32.pt")
         if os.path.isfile(path):
-            weights[name] = torch.load(path, map_location="cpu", weights_only=True)["param"].float().contiguous()
+            weights[name] = (torch.load(path, map_location="cpu", weights_only=True)["param"]
+                             .float().contiguous())
     return weights

@@ -11,11 +11,13 @@ from typing import Any
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="text/markdown files (one document each), JSONL/JSON (\"text\" field) or parquet "
-                             "(\"text\" column) files, or directories searched recursively for them")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (shards + manifest.json)")
+                        help="text/markdown files (one document each), JSONL/JSON (\"text\" field) or "
+                             "parquet (\"text\" column) files, or directories searched recursively for them")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory (shards + manifest.json)")
     parser.add_argument("--tokenizer", default="bytes", metavar="bytes|PATH",
-                        help="'bytes' (built-in byte tokenizer, default) or a HF tokenizer.json / its directory")
+                        help="'bytes' (built-in byte tokenizer, default) or a HF tokenizer.json / its "
+                             "directory")
     parser.add_argument("--train-bpe", type=int, default=None, metavar="VOCAB",
                         help="train a byte-level BPE with this vocabulary size on the train documents")
     parser.add_argument("--seq-len", type=int, default=128, metavar="N",
@@ -67,7 +69,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (`python -m megadlm.data.cli_prepare`), printing user errors without a traceback."""
+    """Standalone entry point (`python -m megadlm.data.cli_prepare`), printing user errors without a
+    traceback."""
     import sys
 
     from megadlm.errors import UserError

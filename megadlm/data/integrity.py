@@ -29,7 +29,8 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = ("train", "val")) -> 
         index_path = os.path.join(data_dir, split, "index.json")
         if not os.path.exists(index_path):
             if split == "train":
-                raise DataError(f"{index_path} is missing: the train shards are gone; re-run `megadlm prepare`")
+                raise DataError(f"{index_path} is missing: the train shards are gone; "
+                                f"re-run `megadlm prepare`")
             continue
         try:
             with open(index_path) as f:
@@ -42,11 +43,12 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = ("train", "val")) -> 
             if not os.path.isfile(path):
                 raise DataError(f"shard {path} is missing: re-run `megadlm prepare` (or restore the file)")
             if os.path.getsize(path) != info["bytes"]:
-                raise DataError(f"shard {path} has {os.path.getsize(path)} bytes, its index says {info['bytes']}: "
+                raise DataError(f"shard {path} has {os.path.getsize(path)} bytes, "
+                                f"its index says {info['bytes']}: "
                                 "it is truncated or was rewritten; re-run `megadlm prepare`")
             expected = info.get("hashes", {}).get("xxh64")
             if expected and _xxh64(path) != expected:
-                raise DataError(f"shard {path} fails its xxh64 checksum (corrupted): re-run `megadlm prepare` "
-                                "(or restore the file)")
+                raise DataError(f"shard {path} fails its xxh64 checksum (corrupted): "
+                                "re-run `megadlm prepare` (or restore the file)")
             checked += 1
     return checked

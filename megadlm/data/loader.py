@@ -85,7 +85,8 @@ def streaming_registration_lock(timeout_s: float = 300.0):
     if os.environ.get("LOCAL_RANK", "0") != "0":
         yield
         return
-    directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    directory = ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+                 else tempfile.gettempdir())
     with open(os.path.join(directory, "megadlm-streaming-register.lock"), "a+") as f:
         deadline = time.monotonic() + timeout_s
         locked = False

@@ -35,8 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from megadlm.data.corpus import (SUPPORTED_SUFFIXES, Document, SkippedDocuments, find_input_files,
-                                 iter_documents)
+from megadlm.data.corpus import (
+    SUPPORTED_SUFFIXES,
+    Document,
+    SkippedDocuments,
+    find_input_files,
+    iter_documents,
+)
+
 # FORMAT and load_manifest are re-exported: the trainer, preflight, the CLI and the demo import them here.
 from megadlm.data.manifest import FORMAT, MANIFEST, build_manifest, load_manifest  # noqa: F401
 from megadlm.data.tokenizer import TOKENIZER_FILENAME, Tokenizer, load_tokenizer
@@ -215,7 +221,8 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: Rea
     with ExitStack() as stack:
         writers = {s: stack.enter_context(MDSWriter(out=str(tmp / s), columns=columns, **MDS_KWARGS))
                    for s in splits}
-        packers = {s: SamplePacker(seq_len, dtype, lambda t, i, w=writers[s]: w.write({"tokens": t, "idx": i}))
+        packers = {s: SamplePacker(seq_len, dtype,
+                                   lambda t, i, w=writers[s]: w.write({"tokens": t, "idx": i}))
                    for s in splits}
         last_val = max(val_ids, default=-1)
 
@@ -283,7 +290,8 @@ def _check_counts(splits: dict[str, dict[str, Any]], seq_len: int, max_tokens: i
                         f"tokens{hint}, need at least {need}; use a smaller --seq-len or more input")
     val = splits.get("val")
     if val is not None and val["samples"] == 0:
-        raise DataError(f"val split too small for --seq-len {seq_len}: found {val['stream_tokens']} val tokens, "
+        raise DataError(f"val split too small for --seq-len {seq_len}: "
+                        f"found {val['stream_tokens']} val tokens, "
                         f"need at least {need}; raise --val-fraction, add --val-input text, or use a smaller "
                         f"--seq-len")
 
@@ -313,7 +321,8 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
     val_files = find_input_files(val_inputs, exclude=[out_path, tmp])
     # `--input dir --val-input dir/held_out.txt` is natural: a val file is never also a train file.
     held_out = {f.resolve() for f in val_files}
-    train_files = [f for f in find_input_files(inputs, exclude=[out_path, tmp]) if f.resolve() not in held_out]
+    train_files = [f for f in find_input_files(inputs, exclude=[out_path, tmp])
+                   if f.resolve() not in held_out]
 
     # Pass 1: document sizes decide the split before tokenizing, which also keeps held-out documents
     # out of BPE training. Undecodable documents are found (and counted, when skipped) here, so an

@@ -51,7 +51,8 @@ def fetch_metadata(remote: str, dest: Path | None = None) -> Path:
     try:
         manifest = json.loads((dest / MANIFEST).read_text())
     except json.JSONDecodeError as e:
-        raise DataError(f"{base}/{MANIFEST} is not JSON ({e}): is data.remote a `megadlm prepare` directory?") from None
+        raise DataError(f"{base}/{MANIFEST} is not JSON ({e}): "
+                        f"is data.remote a `megadlm prepare` directory?") from None
     tokenizer_file = (manifest.get("tokenizer") or {}).get("file")
     if tokenizer_file:
         _download(f"{base}/{tokenizer_file}", dest / tokenizer_file)

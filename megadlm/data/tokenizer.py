@@ -128,12 +128,14 @@ class HFTokenizer(Tokenizer):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"tokenizer file {self.path} does not exist: pass --tokenizer bytes, "
-                            f"a path to a tokenizer.json (or a directory containing one), or --train-bpe VOCAB")
+                            f"a path to a tokenizer.json (or a directory containing one), "
+                            f"or --train-bpe VOCAB")
         raw = self.path.read_bytes()
         try:
             self._tok = _HFTok.from_str(raw.decode("utf-8"))
         except Exception as e:  # the Rust error type is not importable; any failure means a bad file
-            raise DataError(f"cannot load tokenizer {self.path}: {e}. Is it a Hugging Face tokenizer.json?") from e
+            raise DataError(f"cannot load tokenizer {self.path}: {e}. "
+                            f"Is it a Hugging Face tokenizer.json?") from e
         self.kind = "hf"
         self.name = name or str(self.path)
         self.sha256 = sha256_bytes(raw)

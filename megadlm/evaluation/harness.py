@@ -32,9 +32,10 @@ def _bool(value) -> bool:
 class MegadlmDiffusionLM(TemplateLM):
     backend = "causal"  # how lm-eval splits context/continuation tokens; attention is bidirectional
 
-    def __init__(self, pretrained: str, estimator: str = "mc_elbo", mc_num: int = 128, mc_batch_size: int = 32,
-                 seed: int = 1234, gen_length: int | None = None, steps: int | None = None,
-                 block_length: int | None = None, temperature: float = 0.0, remasking: str = "low_confidence",
+    def __init__(self, pretrained: str, estimator: str = "mc_elbo", mc_num: int = 128,
+                 mc_batch_size: int = 32, seed: int = 1234, gen_length: int | None = None,
+                 steps: int | None = None, block_length: int | None = None, temperature: float = 0.0,
+                 remasking: str = "low_confidence",
                  dtype: str = "float32", device: str | None = None, **_ignored):
         super().__init__()
         if estimator not in likelihood.ESTIMATORS:
@@ -102,7 +103,8 @@ class MegadlmDiffusionLM(TemplateLM):
         return likelihood.mc_elbo(forward, context, continuation, self.lm.mask_id, self.mc_num,
                                   self.mc_batch_size, generator)
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
+                              **kwargs) -> list[tuple[float, bool]]:
         out = []
         for index, (_, context, continuation) in enumerate(tqdm(requests, desc="MDM loglikelihood",
                                                                 disable=disable_tqdm)):
@@ -114,12 +116,14 @@ class MegadlmDiffusionLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
-        for index, request in enumerate(tqdm(requests, desc="MDM rolling loglikelihood", disable=disable_tqdm)):
+        for index, request in enumerate(tqdm(requests, desc="MDM rolling loglikelihood",
+                                             disable=disable_tqdm)):
             (text,) = request.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 self.tok_encode(text), prefix_token=self.prefix_token_id,
                 max_seq_len=self.max_length - 1, context_len=1)]  # no shift: context + window <= max_length
-            out.append(sum(self._score(index * 100_003 + i, ctx, cont) for i, (ctx, cont) in enumerate(windows)))
+            out.append(sum(self._score(index * 100_003 + i, ctx, cont)
+                           for i, (ctx, cont) in enumerate(windows)))
         return out
 
     # --- generation -------------------------------------------------------------------------------

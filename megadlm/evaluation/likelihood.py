@@ -2,7 +2,8 @@
 
 An MDM has no single left-to-right factorisation; its training loss bounds -log p(r | p) by
 
-    E_{l ~ U{1..Lr}} E_{S: l of the Lr continuation positions} [ (Lr / l) * sum_{i in S} -log p(r_i | p, r_{not S}) ]
+    E_{l ~ U{1..Lr}} E_{S: l of the Lr continuation positions}
+        [ (Lr / l) * sum_{i in S} -log p(r_i | p, r_{not S}) ]
 
 (the prompt p is never masked). That expectation equals the chain rule averaged over uniformly random
 unmasking orders, so `mc_elbo` converges to `exact_elbo` (all 2^Lr - 1 masks enumerated) as mc_num
@@ -86,7 +87,7 @@ def exact_elbo(forward: Forward, prompt: Sequence[int], continuation: Sequence[i
         raise ValueError(f"exact_elbo enumerates 2^{r} masks; use it for <= {EXACT_ELBO_MAX_TOKENS} tokens")
     p = len(prompt)
     seq = torch.tensor([*prompt, *continuation], dtype=torch.long)
-    subsets = [s for l in range(1, r + 1) for s in itertools.combinations(range(r), l)]
+    subsets = [s for k in range(1, r + 1) for s in itertools.combinations(range(r), k)]
     total = 0.0
     for start in range(0, len(subsets), batch_size):
         chunk = subsets[start:start + batch_size]
@@ -97,7 +98,7 @@ def exact_elbo(forward: Forward, prompt: Sequence[int], continuation: Sequence[i
         x[:, p:][masked] = mask_id
         nll = (_token_nll(forward, x, p, seq[p:]) * masked).sum(dim=1)
         sizes = masked.sum(dim=1)
-        weights = torch.tensor([1.0 / (int(l) * math.comb(r, int(l))) for l in sizes], dtype=torch.float64)
+        weights = torch.tensor([1.0 / (int(k) * math.comb(r, int(k))) for k in sizes], dtype=torch.float64)
         total += (nll * weights).sum().item()
     return -total
 

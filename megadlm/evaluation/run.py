@@ -46,7 +46,8 @@ def _task_manager(include_path: str | None):
 def _check_tasks(manager, tasks: list[str]) -> None:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise EvalError(f"unknown lm-eval task(s) {', '.join(unknown)}: check the names (`lm_eval ls tasks`) or "
+        raise EvalError(f"unknown lm-eval task(s) {', '.join(unknown)}: "
+                        f"check the names (`lm_eval ls tasks`) or "
                         f"pass --include-path DIR with their YAML files")
 
 
@@ -73,7 +74,8 @@ def run_eval(req: EvalRequest) -> dict:
         raise EvalError("--tasks is empty: name at least one lm-eval task")
     out = Path(req.out)
     if (out / RESULTS_FILE).exists():
-        raise EvalError(f"{out / RESULTS_FILE} already exists: choose another --out (nothing was overwritten)")
+        raise EvalError(f"{out / RESULTS_FILE} already exists: "
+                        f"choose another --out (nothing was overwritten)")
     manager = _task_manager(req.include_path)
     _check_tasks(manager, req.tasks)
     hf_dir, source = resolve_hf_dir(req.model, req.export_dir)
@@ -138,7 +140,9 @@ def generate_text(model_path: str, prompt: str, max_new_tokens: int | None, temp
         torch.manual_seed(seed)
         vocab = len(tok)
         banned = [[i] for i in range(vocab, model.config.vocab_size)]
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id,
+        sampling = ({"do_sample": True, "temperature": temperature} if temperature > 0
+                    else {"do_sample": False})
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             pad_token_id=tok.eos_token_id,
                              bad_words_ids=banned or None, **sampling)[0, ids.size(1):]
         return tok.decode(new, skip_special_tokens=True)

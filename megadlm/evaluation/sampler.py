@@ -31,7 +31,8 @@ def check_schedule(gen_length: int, steps: int, block_length: int, remasking: st
     elif gen_length % block_length:
         problems.append(f"block_length {block_length} must divide gen_length {gen_length}")
     elif steps % (gen_length // block_length):
-        problems.append(f"steps {steps} must be a multiple of the number of blocks {gen_length // block_length}")
+        problems.append(f"steps {steps} must be a multiple of the number of blocks "
+                        f"{gen_length // block_length}")
     elif steps // (gen_length // block_length) > block_length:
         problems.append(f"steps {steps} exceed gen_length {gen_length}: at most one step per token")
     if remasking not in REMASKING:

@@ -22,7 +22,8 @@ class EmbeddingStage(MegatronModule):
         super().__init__(config=config)
         self.embedding = LanguageModelEmbedding(
             config, vocab_size=vocab_size, max_sequence_length=seq_len,
-            position_embedding_type="learned_absolute" if position_embedding == "learned_absolute" else "rope")
+            position_embedding_type=("learned_absolute" if position_embedding == "learned_absolute"
+                                     else "rope"))
 
     def global_name(self, local: str) -> str:
         return local  # "embedding.word_embeddings.weight" etc., as in GPTModel

@@ -13,7 +13,8 @@ from megadlm.objectives import randomness as rnd
 from megadlm.objectives.batch import ObjectiveBatch
 
 
-def token_dropout_rates(cfg: ObjectiveConfig, seed: int, sample_ids: torch.Tensor, epoch: int) -> torch.Tensor:
+def token_dropout_rates(cfg: ObjectiveConfig, seed: int, sample_ids: torch.Tensor,
+                        epoch: int) -> torch.Tensor:
     if cfg.token_dropout == "uniform":
         return rnd.per_sample_uniform(seed, sample_ids, epoch, rnd.RATE, 1)[:, 0]
     return torch.full((sample_ids.numel(),), float(cfg.token_dropout))

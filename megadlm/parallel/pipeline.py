@@ -48,11 +48,16 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
     """This rank's stages, initialised from (run.seed, global names) like the GPTModel."""
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
-    from megadlm.model.init import init_by_name
     from megadlm.model.build import compute_dtype, match_parameter_dtype, transformer_config
+    from megadlm.model.init import init_by_name
     from megadlm.model.layers import project_layer_spec
-    from megadlm.model.stages import (EmbeddingStage, FinalNormStage, OutputStage, TransformerLayerStage,
-                                      tied_output_logits)
+    from megadlm.model.stages import (
+        EmbeddingStage,
+        FinalNormStage,
+        OutputStage,
+        TransformerLayerStage,
+        tied_output_logits,
+    )
 
     m = cfg.model
     config = transformer_config(cfg)

@@ -60,7 +60,8 @@ def load_run(run_dir: str, arm: str | None = None) -> Run:
               "seq_len": data.get("seq_len"), "global_batch_size": schedule.get("global_batch_size"),
               "max_steps": schedule.get("max_steps")}
     val = [{"epoch": r["epoch"], "tokens": r.get("tokens_seen"), "val_loss": r["val_loss"], "step": r["step"]}
-           for r in read_metrics(str(root), partial_ok=True) if r.get("kind") == "val" and r.get("val_loss") is not None]
+           for r in read_metrics(str(root), partial_ok=True)
+           if r.get("kind") == "val" and r.get("val_loss") is not None]
     return Run(run_dir=str(root), arm=arm or root.name, seed=(cfg.get("run") or {}).get("seed"),
                objective=(cfg.get("objective") or {}).get("type"), budget=budget, val=val, evals=_evals(root))
 
@@ -107,7 +108,8 @@ def arm_rows(runs: list[Run]) -> list[dict]:
         onsets = [overfit_onset(r.val) for r in members]
         rows.append({"arm": arm, "objective": members[0].objective, "seeds": [r.seed for r in members],
                      "best_val": _mean([b["val_loss"] for b in bests]),
-                     "best_val_spread": (max(b["val_loss"] for b in bests) - min(b["val_loss"] for b in bests)),
+                     "best_val_spread": (max(b["val_loss"] for b in bests)
+                                         - min(b["val_loss"] for b in bests)),
                      "best_epoch": _mean([b["epoch"] for b in bests]),
                      "final_val": _mean([r.val[-1]["val_loss"] for r in members]),
                      "final_epoch": _mean([r.val[-1]["epoch"] for r in members]),
@@ -164,7 +166,8 @@ def _plot(runs: list[Run], out_png: Path, title: str) -> None:
         onset = overfit_onset(run.val)
         if onset is not None:
             axes[0].axvline(onset, color=color, ls=":", lw=0.8)
-    axes[0].set(title="validation loss vs epoch (dotted: overfitting onset)", xlabel="epoch", ylabel="nats / token")
+    axes[0].set(title="validation loss vs epoch (dotted: overfitting onset)", xlabel="epoch",
+                ylabel="nats / token")
     axes[1].set(title="validation loss vs tokens seen", xlabel="tokens", ylabel="nats / token")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -198,25 +201,32 @@ def write_experiment_report(paths: list[str], out_dir: str) -> str:
         arms = arm_rows(members)
         columns, evals = eval_rows(members)
         summary["budgets"].append({"budget": budget, "plot": png.name, "arms": arms, "evals": evals,
-                                   "runs": [asdict(r) | {"evals": [e["path"] for e in r.evals]} for r in members]})
-        lines += [f"## Budget {k}: " + ", ".join(f"{a} = {b}" for a, b in budget.items() if b is not None), "",
+                                   "runs": [asdict(r) | {"evals": [e["path"] for e in r.evals]}
+                                            for r in members]})
+        lines += [f"## Budget {k}: " + ", ".join(f"{a} = {b}" for a, b in budget.items() if b is not None),
+                  "",
                   f"![validation loss]({png.name})", "",
-                  "| arm | objective | seeds | best val | spread | @epoch | final val | @epoch | overfitting onset (epoch, per seed) |",
+                  "| arm | objective | seeds | best val | spread | @epoch | final val | @epoch "
+                  "| overfitting onset (epoch, per seed) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for a in sorted(arms, key=lambda r: r["best_val"]):
             onsets = ", ".join("none" if o is None else f"{o:.2f}" for o in a["overfit_onsets"])
             lines.append(f"| {a['arm']} | {a['objective']} | {len(a['seeds'])} | {_fmt(a['best_val'])} | "
-                         f"{_fmt(a['best_val_spread'])} | {_fmt(a['best_epoch'], '.2f')} | {_fmt(a['final_val'])} | "
+                         f"{_fmt(a['best_val_spread'])} | {_fmt(a['best_epoch'], '.2f')} | "
+                         f"{_fmt(a['final_val'])} | "
                          f"{_fmt(a['final_epoch'], '.2f')} | {onsets} |")
-        lines += ["", "Validation loss: AR = NLL per token; MDM = ELBO per token (an upper bound on its NLL), "
-                      "in nats. Onset = epoch of the lowest validation loss when the last one is more than "
+        lines += ["", "Validation loss: AR = NLL per token; MDM = ELBO per token (an upper bound on its "
+                      "NLL), in nats. Onset = epoch of the lowest validation loss when the last one is "
+                      "more than "
                       f"{OVERFIT_TOLERANCE:.1%} above it.", ""]
         if evals:
             lines += ["Downstream (mean over the evaluated seeds; the estimator is part of each column):", "",
-                      "| arm | seeds evaluated | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+                      "| arm | seeds evaluated | " + " | ".join(columns) + " |",
+                      "|---|---|" + "---|" * len(columns)]
             for row in evals:
                 seeds = ", ".join("?" if s is None else str(s) for s in row["eval_seeds"])
-                lines.append(f"| {row['arm']} | {seeds} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+                lines.append(f"| {row['arm']} | {seeds} | "
+                             + " | ".join(_fmt(row[c]) for c in columns) + " |")
             lines.append("")
     (out / "summary.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

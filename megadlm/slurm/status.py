@@ -67,11 +67,13 @@ def collect(path: str) -> list[dict]:
         jobs = read_jsonl(str(root / JOBS_FILE), partial_ok=True)
         array_id = jobs[-1]["job_id"] if jobs else None
         states = slurm_jobs(array_id) if array_id else {}
-        local = {r["index"]: r for r in read_jsonl(str(root / LOCAL_RECORDS), partial_ok=True)}  # `megadlm sweep --local`
+        # `megadlm sweep --local`
+        local = {r["index"]: r for r in read_jsonl(str(root / LOCAL_RECORDS), partial_ok=True)}
         rows = []
         for p in manifest["points"]:
             slurm = states.get(f"{array_id}_{p['index']}") or _local_state(local.get(p["index"]))
-            logs = sorted(glob.glob(str(root / "logs" / f"*-{array_id}_{p['index']}.out"))) if array_id else []
+            logs = (sorted(glob.glob(str(root / "logs" / f"*-{array_id}_{p['index']}.out")))
+                    if array_id else [])
             rows.append(_row(p["name"], p["run_dir"], slurm, f"{array_id}_{p['index']}" if array_id else None,
                              (slurm or {}).get("log") or (logs[-1] if logs else None)))
         return rows
@@ -80,7 +82,8 @@ def collect(path: str) -> list[dict]:
         job_id = jobs[-1]["job_id"] if jobs else None
         slurm = slurm_jobs(job_id).get(job_id) if job_id else None
         logs = sorted(glob.glob(str(root / "slurm" / f"*-{job_id}.out"))) if job_id else []
-        return [_row(root.name, str(root), slurm, job_id, (slurm or {}).get("log") or (logs[-1] if logs else None))]
+        return [_row(root.name, str(root), slurm, job_id,
+                     (slurm or {}).get("log") or (logs[-1] if logs else None))]
     raise UserError(f"{path} is neither a sweep directory ({MANIFEST}) nor a run directory (metrics.jsonl, "
                     f"slurm/ or checkpoints/)")
 
@@ -97,12 +100,14 @@ def _fmt(value, spec: str) -> str:
 
 
 def format_rows(rows: list[dict]) -> str:
-    header = f"{'run':<28} {'state':<11} {'step':>11} {'epoch':>7} {'loss':>8} {'val':>8} {'restarts':>8}  job"
+    header = (f"{'run':<28} {'state':<11} {'step':>11} {'epoch':>7} {'loss':>8} {'val':>8} "
+              f"{'restarts':>8}  job")
     lines = [header]
     for r in rows:
         step = f"{_fmt(r['step'], 'd')}/{_fmt(r['total_steps'], 'd')}"
         lines.append(f"{r['name'][:28]:<28} {r['state']:<11} {step:>11} {_fmt(r['epoch'], '.2f'):>7} "
-                     f"{_fmt(r['loss'], '.4f'):>8} {_fmt(r['val_loss'], '.4f'):>8} {_fmt(r['restarts'], 'd'):>8}  "
+                     f"{_fmt(r['loss'], '.4f'):>8} {_fmt(r['val_loss'], '.4f'):>8} "
+                     f"{_fmt(r['restarts'], 'd'):>8}  "
                      f"{r['job'] or '-'}")
         if r["state"] not in ("COMPLETED", "RUNNING", "PENDING") and r["log"]:
             lines.append(f"    {r['state'].lower()}: exit code {r['exit_code'] or '-'}, log {r['log']}")

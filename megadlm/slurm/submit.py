@@ -57,7 +57,8 @@ class Resources:
         if self.gpus_per_node < 0 or (self.procs_per_node is not None and self.procs_per_node < 1):
             problems.append("--gpus-per-node must be >= 0 and --procs-per-node >= 1")
         if self.gpus_per_node and self.procs_per_node and self.procs_per_node != self.gpus_per_node:
-            problems.append(f"--procs-per-node {self.procs_per_node} != --gpus-per-node {self.gpus_per_node}: "
+            problems.append(f"--procs-per-node {self.procs_per_node} != "
+                            f"--gpus-per-node {self.gpus_per_node}: "
                             f"a GPU job runs one rank per GPU")
         if problems:
             raise UserError("; ".join(problems))
@@ -111,7 +112,8 @@ def sbatch_test_only(script: str) -> None:
     proc = subprocess.run([_which("sbatch"), "--test-only"], input=script, capture_output=True, text=True)
     if proc.returncode != 0:
         reason = (proc.stderr or proc.stdout).strip().replace("sbatch: error: ", "")
-        raise SlurmError(f"Slurm refused the job: {reason}. Change --nodes/--gpus-per-node/--partition/--time "
+        raise SlurmError(f"Slurm refused the job: {reason}. "
+                         f"Change --nodes/--gpus-per-node/--partition/--time "
                          f"(`sinfo` lists what the cluster has); nothing was written")
 
 
@@ -129,7 +131,8 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def record_job(directory: Path, job_id: str, res: Resources, script: Path, **extra) -> dict:
-    record = {"job_id": job_id, "submitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    record = {"job_id": job_id,
+              "submitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "script": str(script), "nodes": res.nodes, "gpus_per_node": res.gpus_per_node,
               "procs_per_node": res.ranks_per_node, **extra}
     with open(directory / JOBS_FILE, "a") as f:

@@ -117,7 +117,8 @@ def _resources(grid: dict) -> Resources:
     allowed = {f.name for f in fields(Resources)}
     unknown = set(spec) - allowed
     if unknown:
-        raise ConfigError(f"resources: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"resources: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
     return Resources(**spec)
 
 
@@ -229,8 +230,9 @@ def run_local(sweep_dir: Path, parallel: int | None = None) -> dict:
         print(f"[{p['index'] + 1}/{len(manifest['points'])}] {p['name']} -> {log}", flush=True)
         started = time.time()
         with open(log, "a") as out:
-            code = subprocess.call([sys.executable, "-m", "megadlm", "train", p["config"], "--run-dir", p["run_dir"],
-                                    "--nproc", str(nproc)], stdout=out, stderr=subprocess.STDOUT, env=env)
+            code = subprocess.call([sys.executable, "-m", "megadlm", "train", p["config"],
+                                    "--run-dir", p["run_dir"], "--nproc", str(nproc)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
         record = {"index": p["index"], "name": p["name"], "exit_code": code, "log": str(log),
                   "started": started, "ended": time.time()}
         with records_lock:

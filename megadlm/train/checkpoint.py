@@ -30,6 +30,7 @@ import torch.distributed as dist
 from megadlm.errors import CheckpointError, TrainingError
 from megadlm.preflight import RunFacts
 from megadlm.rundir import LATEST, checkpoint_root
+
 MANIFEST = "megadlm_manifest.json"
 INCOMPLETE = ".incomplete_"
 FORMAT_VERSION = 1
@@ -73,7 +74,8 @@ def candidate_paths(run_dir: str) -> list[str]:
     root = checkpoint_root(run_dir)
     if not os.path.isdir(root):
         return []
-    tags = sorted((d for d in os.listdir(root) if d.startswith("step_") and os.path.isdir(os.path.join(root, d))),
+    tags = sorted((d for d in os.listdir(root)
+                   if d.startswith("step_") and os.path.isdir(os.path.join(root, d))),
                   reverse=True)
     newest = latest_tag(run_dir)
     if newest in tags:
@@ -220,7 +222,8 @@ def write_manifest(directory: str, tag: str, train_state: dict, facts: dict, con
                    sums: dict[str, str]) -> None:
     manifest = {"format": FORMAT_VERSION, "tag": tag, "train_state": train_state, "facts": facts,
                 "world_size": _rank_world()[1], "config": config,
-                "files": {name: {"bytes": os.path.getsize(os.path.join(directory, name)), "sha256": sums[name]}
+                "files": {name: {"bytes": os.path.getsize(os.path.join(directory, name)),
+                                 "sha256": sums[name]}
                           for name in sorted(sums)}}
     _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
 
@@ -247,7 +250,8 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
         torch.save(_rng_state(), os.path.join(work, f"rng_rank{rank:05d}.pt"))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         previous = latest_tag(run_dir)
-        kept = f"the previous checkpoint {previous} is untouched" if previous else "no checkpoint was written yet"
+        kept = (f"the previous checkpoint {previous} is untouched" if previous
+                else "no checkpoint was written yet")
         raise TrainingError(f"writing checkpoint {tag} failed on rank {rank} ({e}): is the disk full or over "
                             f"quota? {kept}; free space and run the same command to resume") from e
     _barrier()
@@ -266,7 +270,8 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
 
 
 def _prune(root: str, retention: Retention, keep: str) -> None:
-    tags = sorted(d for d in os.listdir(root) if d.startswith("step_") and os.path.isdir(os.path.join(root, d)))
+    tags = sorted(d for d in os.listdir(root)
+                  if d.startswith("step_") and os.path.isdir(os.path.join(root, d)))
     recent = set(tags[-retention.keep_last:]) if retention.keep_last > 0 else set(tags)
     for old in tags:
         step = int(old[len("step_"):])

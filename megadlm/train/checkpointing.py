@@ -82,7 +82,8 @@ class Checkpointer:
     def due(self, step: int, final: bool = False) -> bool:
         if final:
             stopped_early = step < self.total_steps
-            return (self.settings.save_final or stopped_early) and ckpt.latest_tag(self.run_dir) != ckpt.tag_of(step)
+            return ((self.settings.save_final or stopped_early)
+                    and ckpt.latest_tag(self.run_dir) != ckpt.tag_of(step))
         return bool(self.settings.interval) and step % self.settings.interval == 0
 
     def maybe_save(self, state: ckpt.TrainState, final: bool = False) -> str | None:

@@ -65,7 +65,9 @@ def launch_training(config: str, overrides: list[str], run_dir: str | None = Non
     attempt = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="megadlm-exit-") as exit_dir:
         env = {**os.environ, ATTEMPT_ENV: attempt, EXIT_DIR_ENV: exit_dir,
-               preflight.VERIFIED_ENV: os.path.abspath(checked.data_path)}
+               preflight.VERIFIED_ENV: os.path.abspath(checked.data_path),
+               # torchrun's own choice for several local workers, made here to spare its banner
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         args = train_arguments(config, overrides, run_dir, resume, resume_from, verbose)
         code = combined_exit_code(subprocess.call(torchrun_command(nproc, args), env=env), exit_dir, nproc)
     if code == EXIT_INTERRUPTED and not attempt_stopped_on_request(run_dir, attempt):

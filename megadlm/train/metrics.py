@@ -92,7 +92,8 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix(shown, refresh=True)
-        elif self.enabled and self.plain_interval and (step % self.plain_interval == 0 or step == self.total_steps):
+        elif self.enabled and self.plain_interval and (step % self.plain_interval == 0
+                                                       or step == self.total_steps):
             print(f"step {step}/{self.total_steps} " + " ".join(f"{k} {v}" for k, v in shown.items()),
                   file=sys.stderr, flush=True)
 
@@ -177,7 +178,8 @@ class StepMetrics:
                   # the repetition this step's data came from: where the step started
                   "repetition": (state.consumed_samples - self.cfg.schedule.global_batch_size)
                   // self.epoch_samples + 1,
-                  "loss": result.loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "loss": result.loss, "lr": lr,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
                   "tokens_seen": state.tokens_seen, "consumed_samples": state.consumed_samples,
                   "restarts": slurm_restarts(), "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
                   "tflops_per_device": tflops, "mfu": tflops / self.peak_tflops if self.peak_tflops else None}
@@ -203,10 +205,12 @@ class StepMetrics:
                 "world_size": self.world_size, **facts, "objective": self.cfg.objective.type,
                 "resumed": state.step > 0, "restarts": slurm_restarts(),
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "attempt": os.environ.get(ATTEMPT_ENV),
-                "flops_per_token": self.flops_per_token, "time": time.time(), "mfu_convention": MFU_CONVENTION}
+                "flops_per_token": self.flops_per_token, "time": time.time(),
+                "mfu_convention": MFU_CONVENTION}
 
     def summary_record(self, state, interrupted: str | None, last_val: dict | None) -> dict:
         return {"kind": "summary", "step": state.step, "finished": state.step >= self.total_steps,
-                "interrupted": interrupted, "restarts": slurm_restarts(), "attempt": os.environ.get(ATTEMPT_ENV),
+                "interrupted": interrupted, "restarts": slurm_restarts(),
+                "attempt": os.environ.get(ATTEMPT_ENV),
                 "epoch": self.epoch(state.consumed_samples), "tokens_seen": state.tokens_seen,
                 "final_val": last_val, "time": time.time()}

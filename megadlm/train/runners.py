@@ -98,7 +98,8 @@ class EngineRunner:
 
     def _forward(self, batch: ObjectiveBatch):
         batch = batch.to(self.device)
-        positions = torch.arange(batch.inputs.size(1), device=self.device).unsqueeze(0).expand_as(batch.inputs)
+        positions = (torch.arange(batch.inputs.size(1), device=self.device).unsqueeze(0)
+                     .expand_as(batch.inputs))
         token_ce = self.engine(batch.inputs, positions, None, labels=batch.labels)
         return weighted_loss(token_ce, batch)
 
@@ -136,8 +137,9 @@ class EngineRunner:
         try:
             for batch in batches:
                 parts = self._forward(batch)
-                sums += torch.tensor([parts.weighted_sum.item(), float(parts.tokens), parts.masked_ce_sum.item(),
-                                      parts.masked_count.item()], dtype=torch.float64)
+                sums += torch.tensor([parts.weighted_sum.item(), float(parts.tokens),
+                                      parts.masked_ce_sum.item(), parts.masked_count.item()],
+                                     dtype=torch.float64)
         finally:
             self.engine.train()
         return EvalSums(*pdist.all_reduce_sum(sums.tolist(), self.dp_group))

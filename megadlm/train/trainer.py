@@ -51,7 +51,8 @@ def train(cfg: Config, run_dir: str, resume: bool = True, resume_from: str | Non
     """Train until the configured number of steps; returns the final summary record."""
     preflight.check_run_dir(run_dir)
     # once per node (LOCAL_RANK 0 hashes the shards; the other ranks wait for it in init)
-    checked = preflight.check(cfg, pdist.env_world_size(), verify_data=os.environ.get("LOCAL_RANK", "0") == "0")
+    checked = preflight.check(cfg, pdist.env_world_size(),
+                              verify_data=os.environ.get("LOCAL_RANK", "0") == "0")
     # the run reads the resolved data directory; the caller's config stays as it was given
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=checked.data_path))
     layout = pdist.init_distributed(cfg.parallel.tp, cfg.parallel.pp)
@@ -108,7 +109,8 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, che
     validator = Validator(cfg, runner, val, data.steps_per_epoch, total_steps, plan.mask_id, pdist.device())
     stop = StopRequest(run_dir)
     watchdog = Watchdog(cfg.run.hang_timeout_s, layout.rank, rank_log_path(run_dir, layout.rank))
-    loop = Loop(cfg, plan, runner, data, validator, checkpointer, metrics, logger, stop, watchdog, layout.rank)
+    loop = Loop(cfg, plan, runner, data, validator, checkpointer, metrics, logger, stop, watchdog,
+                layout.rank)
     try:
         return loop.run(state)
     finally:
@@ -119,7 +121,8 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, che
 
 def _global_batch_ids(micro: list, layout: pdist.Layout) -> list[int]:
     """This step's sample ids over all data-parallel replicas, in DP-rank order (a collective)."""
-    mine = (layout.dp_rank, [int(i) for b in micro for i in b.sample_ids]) if layout.tp_rank == layout.pp_rank == 0 else None
+    mine = ((layout.dp_rank, [int(i) for b in micro for i in b.sample_ids])
+            if layout.tp_rank == layout.pp_rank == 0 else None)
     every: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     return [i for _, ids in sorted(e for e in every if e is not None) for i in ids]
@@ -132,7 +135,8 @@ class Loop:
                  checkpointer: Checkpointer, metrics: StepMetrics, logger: MetricsLogger, stop: StopRequest,
                  watchdog: Watchdog, rank: int = 0):
         self.cfg, self.plan, self.runner, self.data = cfg, plan, runner, data
-        self.validator, self.checkpointer, self.metrics, self.logger = validator, checkpointer, metrics, logger
+        self.validator, self.checkpointer, self.metrics, self.logger = (
+            validator, checkpointer, metrics, logger)
         self.stop, self.watchdog, self.rank = stop, watchdog, rank
 
     def run(self, state: TrainState) -> dict:

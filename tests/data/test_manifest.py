@@ -13,7 +13,6 @@ import pytest
 from megadlm.data.manifest import FORMAT, MANIFEST, build_manifest, load_manifest
 from megadlm.data.tokenizer import ByteTokenizer
 from megadlm.errors import DataError
-
 from tests.conftest import REPO, megadlm_env
 
 DATA_PACKAGE = REPO / "megadlm" / "data"

@@ -209,6 +209,6 @@ def test_max_tokens_does_not_cap_val(pydoc_dir: Path, tmp_path: Path) -> None:
 
 def test_max_tokens_with_single_document_tail(tmp_path: Path) -> None:
     (tmp_path / "one.txt").write_text("abcdefghij" * 100)
-    m = prepare([str(tmp_path / "one.txt")], str(tmp_path / "out"), seq_len=8, val_fraction=0.5, max_tokens=100,
-                progress=False)
+    m = prepare([str(tmp_path / "one.txt")], str(tmp_path / "out"), seq_len=8, val_fraction=0.5,
+                max_tokens=100, progress=False)
     assert m["splits"]["train"]["stream_tokens"] == 100 and m["splits"]["val"]["stream_tokens"] == 500

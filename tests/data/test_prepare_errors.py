@@ -41,7 +41,8 @@ def test_empty_corpus(tmp_path: Path) -> None:
     (src / "b.txt").write_text("  \n\n ")
     (src / "c.jsonl").write_text(json.dumps({"text": ""}) + "\n")
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=r"empty corpus: no non-empty documents in .*supported in directories"):
+    with pytest.raises(DataError,
+                       match=r"empty corpus: no non-empty documents in .*supported in directories"):
         prepare([str(src)], str(out), progress=False)
     assert not out.exists()
     _no_leftovers(out)
@@ -50,7 +51,8 @@ def test_empty_corpus(tmp_path: Path) -> None:
 def test_jsonl_line_without_text(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "x", "id": 1}) + "\n")
-    with pytest.raises(DataError, match=rf'{re.escape(str(path))}:2: no "text" field \(found keys: body, id\)'):
+    with pytest.raises(DataError,
+                       match=rf'{re.escape(str(path))}:2: no "text" field \(found keys: body, id\)'):
         prepare([str(path)], str(tmp_path / "out"), progress=False)
 
 
@@ -113,7 +115,8 @@ def test_overwrite_replaces_previous_output(doc: Path, tmp_path: Path) -> None:
 
 def test_empty_existing_out_is_fine(doc: Path, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    assert prepare([str(doc)], str(tmp_path / "out"), seq_len=16, progress=False)["splits"]["train"]["samples"]
+    assert prepare([str(doc)], str(tmp_path / "out"), seq_len=16,
+                   progress=False)["splits"]["train"]["samples"]
 
 
 def test_tokenizer_path_missing(doc: Path, tmp_path: Path) -> None:
@@ -128,8 +131,9 @@ def test_manifest_tokenizer_sha_mismatch(doc: Path, tmp_path: Path) -> None:
     prepare([str(doc)], str(out), train_bpe=300, seq_len=16, progress=False)
     tok_file = out / "tokenizer.json"
     tok_file.write_text(tok_file.read_text() + "\n")  # any change to the file, even whitespace
-    with pytest.raises(DataError, match=rf"tokenizer.json in {re.escape(str(out))} does not match the manifest "
-                                        rf"\(sha [0-9a-f]+ != [0-9a-f]+\): re-run prepare"):
+    with pytest.raises(DataError,
+                       match=rf"tokenizer.json in {re.escape(str(out))} does not match the manifest "
+                             rf"\(sha [0-9a-f]+ != [0-9a-f]+\): re-run prepare"):
         tokenizer_from_manifest(out)
     tok_file.unlink()
     with pytest.raises(DataError, match=r"has no tokenizer.json .*re-run prepare"):

@@ -26,8 +26,8 @@ def s3(tmp_path_factory):
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    env = {"AWS_ACCESS_KEY_ID": "megadlm-test", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    env = {"AWS_ACCESS_KEY_ID": "megadlm-test", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env
@@ -64,8 +64,8 @@ def test_training_from_s3_matches_local_shards(s3, tiny_data, tmp_path, monkeypa
     args = sets(*TINY, "schedule.max_steps=4")
     remote = run_cli("train", "tiny_mdm", *args, "--set", "data.remote=s3://shards/tiny",
                      "--run-dir", str(tmp_path / "remote"), nproc=2)
-    local = run_cli("train", "tiny_mdm", *args, f"--set=data.path={tiny_data}", "--run-dir", str(tmp_path / "local"),
-                    nproc=2)
+    local = run_cli("train", "tiny_mdm", *args, f"--set=data.path={tiny_data}",
+                    "--run-dir", str(tmp_path / "local"), nproc=2)
     ours = [(r["step"], r["loss"]) for r in train_records(tmp_path / "remote")]
     assert ours == [(r["step"], r["loss"]) for r in train_records(tmp_path / "local")] and len(ours) == 4
     # shards came through streaming's cache, the manifest through megadlm's metadata cache

@@ -95,7 +95,8 @@ def test_lm_eval_scores_are_the_estimators_values(trained, local_tasks, tmp_path
     assert len(samples) == 4
     for sample in samples:
         for (context, continuation), resp in zip(sample["arguments"], sample["resps"]):
-            ctx, cont = lm._fit(*lm._encode_pair(context, continuation))  # (as the model's 32 positions allow)
+            # (as the model's 32 positions allow)
+            ctx, cont = lm._fit(*lm._encode_pair(context, continuation))
             assert len(cont) > 1  # multi-token choices: the estimator matters
             assert abs(resp[0][0] - likelihood.chain_rule(lm.lm.forward, ctx, cont, lm.lm.mask_id)) < 1e-9
 
@@ -112,7 +113,8 @@ def test_mc_elbo_converges_to_the_enumerated_elbo_on_the_trained_model(trained, 
     rms = {}
     for mc_num in (4, 32, 256):
         errors = torch.tensor([likelihood.mc_elbo(m.forward, prompt, cont, m.mask_id, mc_num, 128,
-                                                  torch.Generator().manual_seed(s)) - exact for s in range(12)])
+                                                  torch.Generator().manual_seed(s)) - exact
+                               for s in range(12)])
         rms[mc_num] = errors.pow(2).mean().sqrt().item()
     assert rms[32] < rms[4] and rms[256] < rms[32] / 2, rms
     chain = likelihood.chain_rule(m.forward, prompt, cont, m.mask_id)
@@ -136,7 +138,8 @@ def test_eval_refuses_bad_input_before_writing(trained, local_tasks, tmp_path):
          "unknown lm-eval task(s) no_such_task"),
         (["eval", str(tmp_path), "--tasks", "megadlm_tiny_mc", "--include-path", str(local_tasks)],
          "is not an HF model directory"),
-        (["eval", str(trained["mdm"]), "--tasks", "megadlm_tiny_mc", "--include-path", str(tmp_path / "nope")],
+        (["eval", str(trained["mdm"]), "--tasks", "megadlm_tiny_mc",
+          "--include-path", str(tmp_path / "nope")],
          "is not a directory of task YAML files"),
     ]
     for args, message in cases:

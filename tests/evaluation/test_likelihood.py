@@ -56,7 +56,8 @@ def test_mc_elbo_error_shrinks_as_mc_num_grows():
     exact = L.exact_elbo(model, PROMPT, CONT, MASK)
     rms = {}
     for mc_num in (4, 64, 1024):
-        errors = torch.tensor([L.mc_elbo(model, PROMPT, CONT, MASK, mc_num, 256, torch.Generator().manual_seed(s))
+        errors = torch.tensor([L.mc_elbo(model, PROMPT, CONT, MASK, mc_num, 256,
+                                         torch.Generator().manual_seed(s))
                                - exact for s in range(20)])
         rms[mc_num] = errors.pow(2).mean().sqrt().item()
     assert rms[64] < rms[4] / 2 and rms[1024] < rms[64] / 2, rms
@@ -96,6 +97,7 @@ def test_a_model_that_ignores_its_input_has_its_true_likelihood_as_elbo():
         return logp.float().expand(ids.size(0), ids.size(1), VOCAB).clone()
 
     truth = sum(logp[t].item() for t in CONT)
-    assert abs(L.mc_elbo(constant, PROMPT, CONT, MASK, mc_num=4096, batch_size=4096) - truth) < 0.2  # ~3 sigma
+    # ~3 sigma
+    assert abs(L.mc_elbo(constant, PROMPT, CONT, MASK, mc_num=4096, batch_size=4096) - truth) < 0.2
     assert abs(L.exact_elbo(constant, PROMPT, CONT, MASK) - truth) < 1e-5
     assert math.isclose(L.chain_rule(constant, PROMPT, CONT, MASK), truth, rel_tol=1e-6)

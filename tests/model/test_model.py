@@ -89,7 +89,8 @@ def _branch_outputs(model, ids):
     """Outputs of layer 0's attention branch and MLP (after its bias-dropout-add) per call."""
     seen = {}
     layer = model.decoder.layers[0]
-    hooks = [layer.self_attention.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", o[0].detach().clone())),
+    hooks = [layer.self_attention.register_forward_hook(
+                 lambda m, i, o: seen.__setitem__("attn", o[0].detach().clone())),
              layer.mlp.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp", o[0].detach().clone()))]
     out = logits(model, ids)
     for h in hooks:

@@ -30,7 +30,8 @@ def test_fixed_token_dropout_masks_inputs_only_at_the_rate():
 
 def test_uniform_token_dropout_draws_a_rate_per_sequence():
     x = tokens(b=64, length=512)
-    batch = make_batch(ObjectiveConfig(type="ar", token_dropout="uniform"), x, torch.arange(64), 0, 1, MASK, 512)
+    batch = make_batch(ObjectiveConfig(type="ar", token_dropout="uniform"), x, torch.arange(64), 0, 1,
+                       MASK, 512)
     rates = batch.masked.float().mean(1)
     assert rates.min() < 0.2 and rates.max() > 0.8 and rates.std() > 0.15
 

@@ -53,7 +53,8 @@ def test_elbo_weights_are_one_over_p_and_divide_by_all_tokens():
     assert torch.all(batch.weights[~batch.masked] == 0)
     ce = torch.rand(64, 256)
     parts = weighted_loss(ce, batch)
-    expected = (ce * batch.masked / torch.where(batch.weights > 0, 1 / batch.weights, torch.ones(1))).sum() / (64 * 256)
+    expected = ((ce * batch.masked / torch.where(batch.weights > 0, 1 / batch.weights, torch.ones(1))).sum()
+                / (64 * 256))
     assert math.isclose(parts.loss.item(), expected.item(), rel_tol=1e-5)
     assert math.isclose(parts.masked_ce_sum.item() / parts.masked_count.item(),
                         ce[batch.masked].mean().item(), rel_tol=1e-5)

@@ -5,8 +5,8 @@ compared step by step with the single-process reference: |Δloss| <= 1e-6 in fp3
 (measured <= 3.6e-7), grad norms within 5e-5 relative, validation losses within 1e-6.
 An fp64 run separates layout bugs from rounding: TP2 then agrees to ~1e-15, TP2xDP2 to ~3e-9
 (ZeRO's optimizer keeps fp32 master weights, so DP's other gradient summation order still rounds
-to fp32 once per step). DeepSpeed's pipeline engine cannot carry fp64: validation refuses it with PP. (It is how the
-missing TP sum of QK-norm gradients was found: a 2.5e-5 drift that fp64 did not shrink.)
+to fp32 once per step). DeepSpeed's pipeline engine cannot carry fp64: validation refuses it with PP.
+(It is how the missing TP sum of QK-norm gradients was found: a 2.5e-5 drift that fp64 did not shrink.)
 """
 import pytest
 
@@ -79,7 +79,8 @@ def test_bf16_runs_in_every_engine_path(tiny_data, tmp_path, reference):
     fp32 and to each other (bf16 has 8 mantissa bits: bounds are loose, bugs are not)."""
     bf16 = ["parallel.precision=bf16"]
     one, _ = run(tiny_data, tmp_path / "one", "mdm", bf16)
-    tp2_pp2, _ = run(tiny_data, tmp_path / "tp2_pp2", "mdm", [*bf16, "parallel.tp=2", "parallel.pp=2"], nproc=4)
+    tp2_pp2, _ = run(tiny_data, tmp_path / "tp2_pp2", "mdm", [*bf16, "parallel.tp=2", "parallel.pp=2"],
+                     nproc=4)
     fp32 = reference["mdm"][0]
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, fp32)) <= 5e-2
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, tp2_pp2)) <= 5e-3
@@ -90,7 +91,7 @@ def test_activation_checkpointing_recomputes_exactly(tiny_data, tmp_path, layout
     """Recomputed layers (with dropout on) give bit-identical losses and grad norms."""
     dropout = ["objective.mlp_dropout=0.1", "objective.attention_dropout=0.1"] if not layout else []
     plain, _ = run(tiny_data, tmp_path / "plain", "ar", [*layout, *dropout], nproc=ranks)
-    ckpt, _ = run(tiny_data, tmp_path / "ckpt", "ar", [*layout, *dropout, "model.activation_checkpointing=true"],
-                  nproc=ranks)
+    ckpt, _ = run(tiny_data, tmp_path / "ckpt", "ar",
+                  [*layout, *dropout, "model.activation_checkpointing=true"], nproc=ranks)
     assert [r["loss"] for r in plain] == [r["loss"] for r in ckpt]
     assert [r["grad_norm"] for r in plain] == [r["grad_norm"] for r in ckpt]

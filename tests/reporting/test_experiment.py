@@ -23,7 +23,8 @@ def test_overfitting_onset_is_the_best_epoch_once_the_loss_has_turned_up():
 
 def sweep(tmp_path, tiny_data, name, arms, seeds, unique_tokens, epochs):
     grid = {"name": name, "out": str(tmp_path / name), "base": "tiny_ar",
-            "set": [*TINY, f"data.path={tiny_data}", f"data.unique_tokens={unique_tokens}", f"data.epochs={epochs}"],
+            "set": [*TINY, f"data.path={tiny_data}", f"data.unique_tokens={unique_tokens}",
+                    f"data.epochs={epochs}"],
             "arms": arms, "grid": {"run.seed": seeds}, "resources": {"procs_per_node": 1}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
@@ -33,13 +34,15 @@ def sweep(tmp_path, tiny_data, name, arms, seeds, unique_tokens, epochs):
 
 @pytest.mark.slow
 def test_report_pools_seeds_separates_budgets_and_estimators(tiny_data, local_tasks, tmp_path):  # noqa: F811
-    main = sweep(tmp_path, tiny_data, "main", {"mdm": {"objective.type": "mdm"}, "ar": {"objective.type": "ar"}},
+    main = sweep(tmp_path, tiny_data, "main",
+                 {"mdm": {"objective.type": "mdm"}, "ar": {"objective.type": "ar"}},
                  [1, 2], unique_tokens=2048, epochs=4)
-    other = sweep(tmp_path, tiny_data, "other", {"ar": {"objective.type": "ar"}}, [1], unique_tokens=4096, epochs=2)
+    other = sweep(tmp_path, tiny_data, "other", {"ar": {"objective.type": "ar"}}, [1], unique_tokens=4096,
+                  epochs=2)
     for arm in ("mdm", "ar"):
         run = main / "runs" / f"{arm}-seed1"
-        run_cli("eval", str(run), "--tasks", "megadlm_tiny_mc", "--include-path", str(local_tasks), "--limit", "4",
-                "--mc-num", "4", "--out", str(run / "eval"))
+        run_cli("eval", str(run), "--tasks", "megadlm_tiny_mc", "--include-path", str(local_tasks),
+                "--limit", "4", "--mc-num", "4", "--out", str(run / "eval"))
     out = tmp_path / "report"
     proc = run_cli("report", str(main), str(other), "--out", str(out))
     summary = json.loads((out / "summary.json").read_text())

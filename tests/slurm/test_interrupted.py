@@ -15,7 +15,8 @@ def test_only_this_attempts_interrupted_summary_counts(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert main(write(tmp_path, start, {"kind": "train", "step": 1}, stopped)) == 0
     assert main(write(tmp_path, start, {**stopped, "interrupted": False, "finished": True})) == 1
-    assert main(write(tmp_path, start, stopped, {"kind": "start", "step": 5})) == 1  # the next attempt crashed
+    # the next attempt crashed
+    assert main(write(tmp_path, start, stopped, {"kind": "start", "step": 5})) == 1
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert main(write(tmp_path, start, stopped)) == 1  # attempt 1 crashed before logging: old summary
     assert main(write(tmp_path, start, stopped, start, {**stopped, "restarts": 1})) == 0

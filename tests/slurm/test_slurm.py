@@ -33,7 +33,8 @@ def test_two_nodes_two_ranks_each_match_torchrun(slurm_cluster, tiny_data, tmp_p
                    *FAKE_NODE, "--run-dir", str(tmp_path / "slurm"))
     job_id = submitted_job_id(proc.stdout)
     script = (tmp_path / "slurm" / "slurm" / "train.sbatch").read_text()
-    assert "#SBATCH --nodes=2" in script and "--signal=B:USR1@120" in script and "--kill-on-bad-exit=1" in script
+    assert ("#SBATCH --nodes=2" in script and "--signal=B:USR1@120" in script
+            and "--kill-on-bad-exit=1" in script)
     (job,) = wait_for(job_id)
     assert job["JobState"] == "COMPLETED", log_of(job)
     assert job["NodeList"] == "node[1-2]"
@@ -103,7 +104,8 @@ def test_sweep_array_and_status_report_each_point(slurm_cluster, tiny_data, tmp_
         assert by_name[name]["loss"] is not None and by_name[name]["epoch"] is not None
     failed = by_name["diverging"]
     assert failed["state"] == "FAILED" and failed["exit_code"] not in (None, "0:0")
-    assert failed["log"].endswith(f"-{array_id}_2.out") and "training has diverged" in open(failed["log"]).read()
+    assert (failed["log"].endswith(f"-{array_id}_2.out")
+            and "training has diverged" in open(failed["log"]).read())
     table = run_cli("status", str(tmp_path / "sweep")).stdout
     assert f"failed: exit code {failed['exit_code']}, log {failed['log']}" in table
     single = json.loads(run_cli("status", manifest["points"][0]["run_dir"], "--json").stdout)
@@ -112,14 +114,18 @@ def test_sweep_array_and_status_report_each_point(slurm_cluster, tiny_data, tmp_
 
 @pytest.mark.parametrize("extra, reason", [
     (["--nodes", "3"], "Node count specification invalid"),
-    (["--gpus-per-node", "1", "--set", "schedule.global_batch_size=2", "--set", "schedule.micro_batch_size=2"],
+    (["--gpus-per-node", "1", "--set", "schedule.global_batch_size=2",
+      "--set", "schedule.micro_batch_size=2"],
      "Invalid generic resource"),
 ])
-def test_impossible_resources_are_refused_with_slurms_reason(slurm_cluster, tiny_data, tmp_path, extra, reason):
+def test_impossible_resources_are_refused_with_slurms_reason(slurm_cluster, tiny_data, tmp_path, extra,
+                                                             reason):
     squeue_before = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
-    proc = run_cli("submit", "tiny_mdm", *sets(*TINY, f"data.path={tiny_data}", "schedule.global_batch_size=12"),
+    proc = run_cli("submit", "tiny_mdm",
+                   *sets(*TINY, f"data.path={tiny_data}", "schedule.global_batch_size=12"),
                    "--time", "5", "--run-dir", str(tmp_path / "run"), *extra, check=False)
-    assert proc.returncode == 2 and reason in proc.stderr and "nothing was written" in proc.stderr, proc.stderr
+    assert (proc.returncode == 2 and reason in proc.stderr
+            and "nothing was written" in proc.stderr), proc.stderr
     assert not (tmp_path / "run").exists()
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == squeue_before
 

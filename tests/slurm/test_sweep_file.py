@@ -19,7 +19,8 @@ def write(tmp_path, grid) -> str:
 def test_points_are_arms_times_grid_with_values_that_round_trip(tmp_path):
     grid = load_grid(write(tmp_path, {
         "base": "tiny_ar", "set": {"data.path": "d", "optim.lr": 1.0e-3},
-        "arms": {"mdm": {"objective.type": "mdm"}, "ar_wd": {"objective.type": "ar", "optim.weight_decay": 0.5}},
+        "arms": {"mdm": {"objective.type": "mdm"},
+                 "ar_wd": {"objective.type": "ar", "optim.weight_decay": 0.5}},
         "grid": {"run.seed": [1, 2], "data.unique_tokens": [100000, 1.0e30]}}))
     points = expand(grid)
     assert len(points) == 8 and [p["index"] for p in points] == list(range(8))
@@ -56,7 +57,8 @@ def test_a_bad_point_is_refused_before_anything_is_written(tiny_data, tmp_path):
 def test_a_grid_on_one_data_directory_verifies_its_shards_once(tiny_data, tmp_path):
     path = write(tmp_path, {"base": "tiny_ar", "out": str(tmp_path / "sweep"),
                             "set": [*TINY, f"data.path={tiny_data}"],
-                            "arms": {"ar": {}, "mdm": {"objective.type": "mdm"}}, "grid": {"run.seed": [1, 2]}})
+                            "arms": {"ar": {}, "mdm": {"objective.type": "mdm"}},
+                            "grid": {"run.seed": [1, 2]}})
     proc = run_cli("sweep", path, "--dry-run")
     verified = [line for line in proc.stderr.splitlines() if "verified the checksums" in line]
     assert len(verified) == 1 and str(tiny_data) in verified[0], proc.stderr[-2000:]
@@ -80,7 +82,8 @@ def test_local_sweep_runs_every_point_and_status_reads_it(tiny_data, tmp_path, m
     proc = run_cli("sweep", path, "--local", "--parallel", "2")
     assert "ran 2 points locally" in proc.stdout
     rows = json.loads(run_cli("status", str(tmp_path / "sweep"), "--json").stdout)
-    assert [(r["name"], r["state"], r["step"]) for r in rows] == [("mdm", "COMPLETED", 2), ("ar", "COMPLETED", 2)]
+    assert ([(r["name"], r["state"], r["step"]) for r in rows]
+            == [("mdm", "COMPLETED", 2), ("ar", "COMPLETED", 2)])
     # both trained at once, each with its share of the cores
     for name in ("mdm", "ar"):
         records = [json.loads(line) for line in (tmp_path / "sweep" / "runs" / name / "metrics.jsonl").open()]

@@ -72,9 +72,11 @@ def test_unfinished_save_is_ignored_and_resume_from_picks_a_checkpoint(tiny_data
     # what a crash during a save leaves: a temporary directory without a manifest
     shutil.copytree(ckpts / "step_00000006", ckpts / ".incomplete_step_00000008")
     (ckpts / ".incomplete_step_00000008" / MANIFEST).unlink()
-    train(tiny_data, run, "schedule.max_steps=8", *EVERY_2, args=["--resume-from", str(ckpts / "step_00000002")])
+    train(tiny_data, run, "schedule.max_steps=8", *EVERY_2,
+          args=["--resume-from", str(ckpts / "step_00000002")])
     assert losses(run) == losses(uninterrupted)
-    starts = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "start"]
+    starts = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "start"]
     assert starts[-1]["step"] == 2
 
 
@@ -99,7 +101,8 @@ def test_incompatible_resume_is_refused_without_changes(tiny_data, tmp_path, cha
     train(tiny_data, run, "schedule.max_steps=8", "run.stop_at_step=2")
     before = snapshot(run)
     proc = run_cli("train", "tiny_ar", "--run-dir", str(run),
-                   *sets(*TINY, f"data.path={tiny_data}", "objective.mlp_dropout=0.1", "schedule.max_steps=8"),
+                   *sets(*TINY, f"data.path={tiny_data}", "objective.mlp_dropout=0.1",
+                         "schedule.max_steps=8"),
                    *change, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cannot resume from" in proc.stderr and "Nothing in the run directory was changed" in proc.stderr

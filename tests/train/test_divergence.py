@@ -8,12 +8,13 @@ from tests.conftest import TINY, read_jsonl, run_cli, sets, train_records
 
 pytestmark = pytest.mark.slow
 
-COMMON = [*TINY, "schedule.max_steps=6", "schedule.type=constant", "checkpoint.interval=2", "logging.sample_ids=true"]
+COMMON = [*TINY, "schedule.max_steps=6", "schedule.type=constant", "checkpoint.interval=2",
+          "logging.sample_ids=true"]
 
 
 def train(tiny_data, run_dir, *extra, check=True):
-    return run_cli("train", "tiny_ar", "--run-dir", str(run_dir), *sets(*COMMON, f"data.path={tiny_data}", *extra),
-                   check=check)
+    return run_cli("train", "tiny_ar", "--run-dir", str(run_dir),
+                   *sets(*COMMON, f"data.path={tiny_data}", *extra), check=check)
 
 
 @pytest.fixture(scope="module")

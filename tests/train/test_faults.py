@@ -103,7 +103,8 @@ def kill_once(tiny_data, run_dir: Path, rng: random.Random) -> str:
         os.kill(pids[rank], signal.SIGKILL)
         proc.wait(timeout=120)
         assert proc.returncode != 0
-        return f"rank {rank} killed {'during a save' if during_save else 'mid-step'} after step {steps_logged(run_dir)}"
+        return (f"rank {rank} killed {'during a save' if during_save else 'mid-step'} "
+                f"after step {steps_logged(run_dir)}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -124,4 +125,5 @@ def test_kill_9_at_random_points_then_resume_matches_uninterrupted(tiny_data, tm
     got, want = train_records(run), train_records(reference)
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     assert [(r["loss"], r["grad_norm"]) for r in got] == [(r["loss"], r["grad_norm"]) for r in want]
-    assert [v["val_loss"] for v in train_records(run, "val")] == [v["val_loss"] for v in train_records(reference, "val")]
+    assert ([v["val_loss"] for v in train_records(run, "val")]
+            == [v["val_loss"] for v in train_records(reference, "val")])

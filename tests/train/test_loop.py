@@ -107,7 +107,8 @@ def run_loop(tmp_path, total_steps=7, runner=None, state=None, **settings):
     metrics = StepMetrics(cfg, 1.0, None, 1, EPOCH_SAMPLES, total_steps)
     state = state or TrainState()
     logger = MetricsLogger(cfg, run_dir, True, total_steps, state.step, {})
-    validator = Validator(cfg, runner, FakeVal(), plan.steps_per_epoch, total_steps, MASK_ID, torch.device("cpu"))
+    validator = Validator(cfg, runner, FakeVal(), plan.steps_per_epoch, total_steps, MASK_ID,
+                          torch.device("cpu"))
     stop = StopRequest(run_dir)
     loop = Loop(cfg, plan, runner, FakeData(), validator, checkpointer, metrics, logger, stop,
                 Watchdog(0, 0, None))
@@ -215,7 +216,8 @@ def test_nan_stops_the_run_by_default(tmp_path):
 
 
 def test_resume_continues_from_the_state_it_is_given(tmp_path):
-    summary, runner, records = run_loop(tmp_path, state=TrainState(step=5, consumed_samples=20, tokens_seen=160))
+    summary, runner, records = run_loop(tmp_path,
+                                        state=TrainState(step=5, consumed_samples=20, tokens_seen=160))
     assert runner.steps == [6, 7]
     assert steps_of(records, "train") == [6, 7]
     assert summary["tokens_seen"] == 160 + 2 * GLOBAL * SEQ

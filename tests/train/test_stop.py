@@ -21,7 +21,8 @@ def train_args(tiny_data, run_dir, nproc=1):
 
 def start(tiny_data, run_dir, nproc=1):
     return subprocess.Popen([sys.executable, "-m", "megadlm", *train_args(tiny_data, run_dir, nproc)],
-                            cwd=REPO, env=megadlm_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=megadlm_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def wait_for_step(run_dir, step, proc, timeout=300):

@@ -54,7 +54,8 @@ def test_two_ranks_match_one_process(tiny_data, tmp_path, objective):
     assert len(diffs) == 8 and max(diffs) <= 1e-6, diffs
     gdiffs = [abs(x["grad_norm"] - y["grad_norm"]) for x, y in zip(a, b)]
     assert max(gdiffs) <= 1e-4, gdiffs
-    assert train_records(tmp_path / "two", "val")[-1]["val_tokens"] == train_records(tmp_path / "one", "val")[-1]["val_tokens"]
+    assert (train_records(tmp_path / "two", "val")[-1]["val_tokens"]
+            == train_records(tmp_path / "one", "val")[-1]["val_tokens"])
 
 
 def test_inf_gradient_stops_and_never_becomes_a_checkpoint(tiny_data, tmp_path):
@@ -92,7 +93,8 @@ def test_wandb_offline_files_are_written(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("objective,extra,nproc", [
     ("mdm", [], 0),
-    ("ar", ["objective.token_dropout=0.2", "objective.mlp_dropout=0.1", "objective.attention_dropout=0.1"], 2),
+    ("ar", ["objective.token_dropout=0.2", "objective.mlp_dropout=0.1", "objective.attention_dropout=0.1"],
+     2),
     ("mdm", ["parallel.tp=2", "parallel.pp=2", "objective.mlp_dropout=0.1"], 4),
     # 512 unique tokens = 16 samples = 2 steps per epoch: the stop lands mid-epoch 2 and the resumed
     # run crosses two more epoch boundaries (reshuffles, new masks per epoch)
@@ -110,7 +112,8 @@ def test_resume_continues_exactly(tiny_data, tmp_path, objective, extra, nproc):
     assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in cut] == [r["loss"] for r in full]  # bit-identical on CPU
     assert [r["grad_norm"] for r in cut] == [r["grad_norm"] for r in full]
-    assert train_records(tmp_path / "cut", "val")[-1]["val_loss"] == train_records(tmp_path / "full", "val")[-1]["val_loss"]
+    assert (train_records(tmp_path / "cut", "val")[-1]["val_loss"]
+            == train_records(tmp_path / "full", "val")[-1]["val_loss"])
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(tiny_data, tmp_path):
