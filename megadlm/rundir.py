@@ -43,6 +43,12 @@ def rank_log_path(run_dir: str, rank: int) -> str:
     return os.path.join(run_dir, LOGS, f"rank{rank:05d}.log")
 
 
+def has_checkpoint_dirs(run_dir: str) -> bool:
+    """Whether RUN_DIR/checkpoints holds any step_* directory (complete or not: not verified)."""
+    root = checkpoint_root(run_dir)
+    return os.path.isdir(root) and any(name.startswith("step_") for name in os.listdir(root))
+
+
 def looks_like_run_dir(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, name)) for name in (METRICS, CHECKPOINTS, "slurm"))
 

@@ -31,6 +31,10 @@ def megadlm_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("WANDB_MODE", "disabled")
+    # The suite runs two tests at a time on 2 cores (`pytest -n 2`): one OpenMP thread per process
+    # keeps two single-process runs from oversubscribing the cores (torchrun already sets 1 for
+    # its workers). A value the developer set wins.
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(OFFLINE_HF)
     return env
 

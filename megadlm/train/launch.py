@@ -16,7 +16,7 @@ import uuid
 
 from megadlm.errors import EXIT_INTERRUPTED
 from megadlm.exit_status import EXIT_DIR_ENV, combined_exit_code
-from megadlm.rundir import ATTEMPT_ENV, attempt_stopped_on_request
+from megadlm.rundir import ATTEMPT_ENV, attempt_stopped_on_request, has_checkpoint_dirs
 
 
 def torchrun_command(nproc: int, megadlm_args: list[str]) -> list[str]:
@@ -59,9 +59,10 @@ def launch_training(config: str, overrides: list[str], run_dir: str | None = Non
 
     preflight.check_run_dir(run_dir)
     checked = preflight.check(cfg, nproc)
-    from megadlm.train.checkpointing import resume_point
+    if resume_from or has_checkpoint_dirs(run_dir):  # a fresh run has nothing to refuse (nor torch to import)
+        from megadlm.train.checkpointing import resume_point
 
-    resume_point(run_dir, checked.facts, resume, resume_from)  # refuse a resume before any worker starts
+        resume_point(run_dir, checked.facts, resume, resume_from)  # refuse a resume before any worker starts
     attempt = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="megadlm-exit-") as exit_dir:
         env = {**os.environ, ATTEMPT_ENV: attempt, EXIT_DIR_ENV: exit_dir,

@@ -28,7 +28,7 @@ def sweep(tmp_path, tiny_data, name, arms, seeds, unique_tokens, epochs):
             "arms": arms, "grid": {"run.seed": seeds}, "resources": {"procs_per_node": 1}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
-    run_cli("sweep", str(path), "--local")
+    run_cli("sweep", str(path), "--local", "--parallel", "2")
     return tmp_path / name
 
 

@@ -1,5 +1,7 @@
 """End-to-end training through the real CLI: one process, 2 gloo ranks under torchrun, resume,
-ZeRO stages, wandb offline files, NaN stop. Every run is a real DeepSpeed engine on MDS shards."""
+ZeRO stages, wandb offline files, NaN stop. Every run is a real DeepSpeed engine on MDS shards.
+(DP2 against one process, for both objectives, is the parity matrix's dp2_zero1 case in
+tests/parallel/test_layouts.py, with the same loss, grad-norm and validation-token checks.)"""
 import pytest
 
 from tests.conftest import TINY, read_jsonl, run_cli, sets, train_records
@@ -39,23 +41,6 @@ def test_single_process_run_writes_everything_and_resumes(tiny_data, tmp_path):
                 *sets(*TINY, f"data.path={tiny_data}", "schedule.max_steps=12"), check=False)
     assert proc.returncode != 0 and "--no-resume" in proc.stderr
     assert (run / "metrics.jsonl").read_text() == before
-
-
-@pytest.mark.parametrize("objective", ["mdm", "ar"])
-def test_two_ranks_match_one_process(tiny_data, tmp_path, objective):
-    """DP2 under torchrun sees the same global batches and masks as one process: same losses."""
-    config = f"tiny_{objective}"
-    train(tiny_data, tmp_path / "one", "schedule.max_steps=8", "checkpoint.save_final=false",
-                config=config)
-    train(tiny_data, tmp_path / "two", "schedule.max_steps=8", "checkpoint.save_final=false",
-                config=config, nproc=2)
-    a, b = train_records(tmp_path / "one"), train_records(tmp_path / "two")
-    diffs = [abs(x["loss"] - y["loss"]) for x, y in zip(a, b)]
-    assert len(diffs) == 8 and max(diffs) <= 1e-6, diffs
-    gdiffs = [abs(x["grad_norm"] - y["grad_norm"]) for x, y in zip(a, b)]
-    assert max(gdiffs) <= 1e-4, gdiffs
-    assert (train_records(tmp_path / "two", "val")[-1]["val_tokens"]
-            == train_records(tmp_path / "one", "val")[-1]["val_tokens"])
 
 
 def test_inf_gradient_stops_and_never_becomes_a_checkpoint(tiny_data, tmp_path):
