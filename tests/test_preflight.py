@@ -15,7 +15,8 @@ def test_check_returns_what_it_found_and_leaves_the_config_alone(tiny_data):
     cfg = load_config("tiny_mdm", [*TINY, f"data.path={tiny_data}"])
     checked = preflight.check(cfg, world_size=2)
     assert checked.data_path == str(tiny_data) and cfg.data.path == str(tiny_data)
-    assert checked.padded_vocab_size % 128 == 0 and checked.manifest["vocab_size"] <= checked.padded_vocab_size
+    assert checked.padded_vocab_size % 128 == 0
+    assert checked.manifest["vocab_size"] <= checked.padded_vocab_size
     assert checked.facts.layout == {"tp": 1, "pp": 1, "dp": 2, "zero_stage": 1}
     assert checked.facts.data["seq_len"] == 32 and checked.facts.objective == "mdm"
 
