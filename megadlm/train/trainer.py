@@ -179,7 +179,7 @@ class Loop:
             self.logger.progress(state.step, {"loss": record["loss"], "epoch": f"{record['epoch']:.2f}",
                                               "tok/s": record["tokens_per_s"],
                                               "val": last_val["val_loss"] if last_val else None})
-            self.watchdog.beat(f"the checkpoint of step {state.step}")
+            self.watchdog.beat(f"the checkpoint (if due) and the stop agreement after step {state.step}")
             self.checkpointer.maybe_save(state)
             interrupted = self.stop.agreed(pdist.device())
             self.watchdog.beat()
