@@ -78,11 +78,21 @@ def streaming_registration_lock(timeout_s: float = 300.0):
     streaming picks its shared-memory prefix as the first free one and creates it later, between two
     barriers; two jobs starting together on a node (a Slurm array packed on one machine, two runs
     launched at once) pick the same prefix and one dies with FileExistsError '/000000_locals'. Each
-    job's local leader therefore holds a host-wide lock while its dataset registers. The lock file
-    is in /dev/shm, the namespace the names collide in. After `timeout_s` the leader goes on
-    without it (a warning) rather than wait forever.
+    job's local leader therefore holds a host-wide lock while its dataset registers. Every rank
+    (not only the leader) picks the prefix, so all of them wait at a barrier until their leader
+    holds the lock: otherwise a rank could pick a prefix that another job then takes, and die with
+    "shared memory prefix=N was not registered by local leader". The lock file is in /dev/shm,
+    the namespace the names collide in. After `timeout_s` the leader goes on without it (a
+    warning) rather than wait forever.
     """
+    import torch.distributed as dist
+
+    def everyone_waits_for_the_leaders() -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
     if os.environ.get("LOCAL_RANK", "0") != "0":
+        everyone_waits_for_the_leaders()
         yield
         return
     directory = ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
@@ -101,6 +111,7 @@ def streaming_registration_lock(timeout_s: float = 300.0):
                     break
                 time.sleep(0.05)
         try:
+            everyone_waits_for_the_leaders()
             yield
         finally:
             if locked:
