@@ -27,6 +27,11 @@ LOGS = "logs"
 ATTEMPT_ENV = "MEGADLM_ATTEMPT"
 
 
+def resolve_run_dir(cfg, explicit: str | None = None) -> str:
+    """The run directory of a config: --run-dir, else run.run_dir, else runs/<run.name>, absolute."""
+    return os.path.abspath(explicit or cfg.run.run_dir or os.path.join("runs", cfg.run.name))
+
+
 def metrics_path(run_dir: str) -> str:
     return os.path.join(run_dir, METRICS)
 

@@ -146,10 +146,11 @@ def submit_run(config: str, overrides: list[str], res: Resources, run_dir: str |
 
     from megadlm import preflight
     from megadlm.config.loader import config_to_dict, load_config
+    from megadlm.rundir import resolve_run_dir
 
     res.check()
     cfg = load_config(config, overrides)
-    run_dir = os.path.abspath(run_dir or cfg.run.run_dir or os.path.join("runs", cfg.run.name))
+    run_dir = resolve_run_dir(cfg, run_dir)
     preflight.check_run_dir(run_dir)
     preflight.check(cfg, res.world_size)
     slurm_dir = Path(run_dir) / "slurm"

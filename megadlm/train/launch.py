@@ -16,16 +16,12 @@ import uuid
 
 from megadlm.errors import EXIT_INTERRUPTED
 from megadlm.exit_status import EXIT_DIR_ENV, combined_exit_code
-from megadlm.rundir import ATTEMPT_ENV, attempt_stopped_on_request, has_checkpoint_dirs
+from megadlm.rundir import ATTEMPT_ENV, attempt_stopped_on_request, has_checkpoint_dirs, resolve_run_dir
 
 
 def torchrun_command(nproc: int, megadlm_args: list[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "megadlm", *megadlm_args]
-
-
-def resolve_run_dir(cfg, explicit: str | None) -> str:
-    return os.path.abspath(explicit or cfg.run.run_dir or os.path.join("runs", cfg.run.name))
 
 
 def train_arguments(config: str, overrides: list[str], run_dir: str, resume: bool, resume_from: str | None,
