@@ -3,6 +3,7 @@ stop handling, the Slurm job script's requeue check, `megadlm status`, sweeps an
 run directories through this module, so they agree on what they see.
 
     RUN_DIR/config.yaml        the resolved config of the newest attempt
+    RUN_DIR/deepspeed.json     the DeepSpeed config that attempt's engine was given
     RUN_DIR/metrics.jsonl      one JSON record per line: start, train, val, skip, summary
     RUN_DIR/STOP               a stop request (removed once honoured)
     RUN_DIR/checkpoints/       step_NNNNNNNN/ (each with megadlm_manifest.json) and `latest`
@@ -19,6 +20,7 @@ import os
 from dataclasses import dataclass
 
 CONFIG = "config.yaml"
+DEEPSPEED_CONFIG = "deepspeed.json"
 METRICS = "metrics.jsonl"
 STOP = "STOP"
 CHECKPOINTS = "checkpoints"

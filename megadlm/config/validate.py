@@ -171,6 +171,16 @@ def _model_parallel(cfg: Config) -> Optional[int]:
     return None
 
 
+def bf16_zero_problem(zero_stage: int) -> str | None:
+    """Why a bf16 run cannot use this ZeRO stage, or None. DeepSpeed 0.19.8 accumulates bf16 gradients
+    in fp32 only inside a ZeRO optimizer; without ZeRO it would keep bf16 gradient sums."""
+    if zero_stage == 0:
+        return ("parallel.zero_stage=0 with bf16: DeepSpeed can only accumulate bf16 gradients in fp32 "
+                "inside a ZeRO optimizer, and a bf16 sum of many micro-batches loses their low bits: use "
+                "parallel.zero_stage=1 (the same update; at one data-parallel rank it partitions nothing)")
+    return None
+
+
 def _check_parallel(cfg: Config, world_size: int, report: Report) -> None:
     p = cfg.parallel
     tp_ok = _at_least("parallel.tp", p.tp, 1, report)
@@ -178,6 +188,8 @@ def _check_parallel(cfg: Config, world_size: int, report: Report) -> None:
     if not (_is_int(p.zero_stage) and 0 <= p.zero_stage <= 3):
         report(f"parallel.zero_stage={p.zero_stage!r} must be 0, 1, 2 or 3")
     _choice("parallel.precision", p.precision, PRECISIONS, report)
+    if p.precision == "bf16" and bf16_zero_problem(p.zero_stage):  # "auto" is checked where it resolves
+        report(bf16_zero_problem(p.zero_stage))
     mp = _model_parallel(cfg)
     if mp is not None and world_size % mp:
         report(

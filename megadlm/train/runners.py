@@ -46,7 +46,7 @@ def _nonfinite_loss(step: int) -> DivergenceError:
 
 def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool, load_universal: bool = False) -> dict:
     o = cfg.optim
-    return {
+    config = {
         "checkpoint": {"load_universal": load_universal},
         "train_batch_size": cfg.schedule.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.schedule.micro_batch_size,
@@ -61,6 +61,14 @@ def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool, load_universal: b
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
+    if bf16:
+        # Left unset, DeepSpeed sums the micro-batch gradients in the model dtype: a bf16 sum of 64-256
+        # micro-batches (the paper grids) drops the low bits of every late addend. It also reduces
+        # them over data-parallel ranks in bf16, rounding the final sum once more. Both in fp32: ZeRO-1
+        # (and the pipeline) then run DeepSpeed's BF16_Optimizer, ZeRO-2/3 keep fp32 gradient partitions.
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+        config["communication_data_type"] = "fp32"
+    return config
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -82,9 +90,10 @@ class EngineRunner:
         drop_none_extra_state(model)
         self.universal_info = universal_info(model.named_parameters(), pipeline=False,
                                              gated_mlp=cfg.model.activation == "swiglu")
+        self.deepspeed_config = deepspeed_config(cfg, grad_accum, bf16, load_universal)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, cfg.optim.weight_decay),
-            config=deepspeed_config(cfg, grad_accum, bf16, load_universal), mpu=pdist.MegatronMPU())
+            config=self.deepspeed_config, mpu=pdist.MegatronMPU())
         self.device = pdist.device()
         self.dp_group = pdist.data_parallel_group()
         self.zero_stage = cfg.parallel.zero_stage
@@ -159,9 +168,10 @@ class PipelineRunner:
         self.universal_info = universal_info(module.named_parameters(), pipeline=True,
                                              gated_mlp=cfg.model.activation == "swiglu")
         self.loss_fn = module.loss_fn
+        self.deepspeed_config = deepspeed_config(cfg, grad_accum, bf16, load_universal)
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=parameter_groups(module, cfg.optim.weight_decay),
-            config=deepspeed_config(cfg, grad_accum, bf16, load_universal))
+            config=self.deepspeed_config)
         # Rank that reports the last stage's sums: TP rank 0 of the last stage of each replica.
         self.reporter = layout.pp_rank == layout.pp - 1 and layout.tp_rank == 0
 

@@ -8,6 +8,7 @@ which only sequences steps.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -21,12 +22,13 @@ import torch.distributed as dist
 from megadlm import preflight
 from megadlm.config.loader import config_to_dict, dump_config
 from megadlm.config.schema import Config
+from megadlm.config.validate import bf16_zero_problem
 from megadlm.console import log_library_output_to
-from megadlm.errors import DivergenceError
+from megadlm.errors import ConfigError, DivergenceError
 from megadlm.objectives import ObjectiveBatch, make_batch
 from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
 from megadlm.parallel import distributed as pdist
-from megadlm.rundir import CONFIG, checkpoint_root, rank_log_path
+from megadlm.rundir import CONFIG, DEEPSPEED_CONFIG, checkpoint_root, rank_log_path
 from megadlm.train.checkpoint import TrainState
 from megadlm.train.checkpointing import Checkpointer, resume_point
 from megadlm.train.metrics import MetricsLogger, StepMetrics
@@ -82,8 +84,15 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, che
     live_bytes = (lambda: live_tensor_bytes(pdist.device().type)) if layout.is_main else None
     bytes_before = live_bytes() if live_bytes else None  # before the model exists
     bf16 = compute_dtype(cfg.parallel.precision) == torch.bfloat16
+    if bf16 and bf16_zero_problem(cfg.parallel.zero_stage):  # precision "auto" became bf16 on this GPU
+        error = ConfigError(bf16_zero_problem(cfg.parallel.zero_stage))
+        error.same_on_every_rank = True
+        raise error
     runner = build_runner(cfg, checked.padded_vocab_size, layout, grad_accum, bf16,
                           load_universal=point is not None and point.universal)
+    if layout.is_main:
+        with open(os.path.join(run_dir, DEEPSPEED_CONFIG), "w") as f:
+            json.dump(runner.deepspeed_config, f, indent=2)
     # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
     torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, layout.dp_rank, layout.pp_rank))
 

@@ -8,6 +8,8 @@ An fp64 run separates layout bugs from rounding: TP2 then agrees to ~1e-15, TP2x
 to fp32 once per step). DeepSpeed's pipeline engine cannot carry fp64: validation refuses it with PP.
 (It is how the missing TP sum of QK-norm gradients was found: a 2.5e-5 drift that fp64 did not shrink.)
 """
+import json
+
 import pytest
 
 from tests.conftest import TINY, run_cli, sets, train_records
@@ -82,6 +84,8 @@ def test_bf16_runs_in_every_engine_path(tiny_data, tmp_path, reference):
     tp2_pp2, _ = run(tiny_data, tmp_path / "tp2_pp2", "mdm", [*bf16, "parallel.tp=2", "parallel.pp=2"],
                      nproc=4)
     fp32 = reference["mdm"][0]
+    engine_config = json.loads((tmp_path / "tp2_pp2" / "deepspeed.json").read_text())
+    assert engine_config["data_types"] == {"grad_accum_dtype": "fp32"}  # the pipeline sums in fp32 too
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, fp32)) <= 5e-2
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, tp2_pp2)) <= 5e-3
 
