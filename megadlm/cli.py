@@ -377,6 +377,10 @@ def _cmd_sweep(args) -> int:
     for p in out["points"]:
         print(f"  [{p['index']}] {p['name']}: " + " ".join(f"{k}={v}" for k, v in p["grid"].items())
               + (f" (arm {p['arm']})" if p["arm"] else ""))
+    storage = [p["checkpoint_storage_bytes"] for p in out["points"]]
+    if storage and None not in storage:
+        print(f"checkpoint storage once every point has finished: {sum(storage) / 2**40:,.2f} TiB "
+              f"({max(storage) / 2**30:,.1f} GiB for the largest point; see checkpoint.keep_last/keep_every)")
     if args.dry_run:
         sys.stdout.write(out["script"])
     elif args.local:

@@ -52,3 +52,50 @@ def test_model_state_bytes_match_a_real_cpu_run(tiny_data, tmp_path, layout, ran
           f"ratio {plan.model_state_bytes / measured:.3f}")
     assert abs(plan.model_state_bytes - measured) <= 0.10 * measured, (layout, plan.model_state_bytes,
                                                                        measured)
+
+
+def saved_for_backward(layer, hidden, rotary, parameters) -> int:
+    """Bytes of the distinct storages autograd keeps for one layer's backward (weights excluded)."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in parameters}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(hidden, attention_mask=None, rotary_pos_emb=rotary)
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("shape", [
+    # Qwen3-like: SwiGLU, QK-norm, GQA, head_dim * heads != hidden
+    ["model.hidden_size=64", "model.ffn_hidden_size=192", "model.num_attention_heads=4",
+     "model.num_query_groups=2", "model.kv_channels=32"],
+    # GPT-2-like: GELU, LayerNorm, no QK-norm, multi-head attention
+    ["model.hidden_size=96", "model.ffn_hidden_size=384", "model.num_attention_heads=6",
+     "model.activation=gelu", "model.normalization=LayerNorm", "model.qk_layernorm=false"],
+    # SwiGLU without QK-norm, with MLP and hidden dropout masks
+    ["model.hidden_size=128", "model.ffn_hidden_size=320", "model.num_attention_heads=8",
+     "model.num_query_groups=4", "model.qk_layernorm=false", "objective.mlp_dropout=0.1",
+     "objective.hidden_dropout=0.1"],
+])
+def test_activation_bytes_per_layer_match_what_autograd_keeps(single_rank_groups, shape):
+    import torch
+
+    from megadlm.model.build import build_model
+    from megadlm.plan import layer_activation_bytes
+
+    cfg = load_config("tiny_ar", ["model.num_layers=1", "data.seq_len=128", "schedule.micro_batch_size=2",
+                                  *shape])
+    model = build_model(cfg, 256).train()
+    hidden = torch.randn(128, 2, cfg.model.hidden_size, requires_grad=True)
+    measured = saved_for_backward(model.decoder.layers[0], hidden, model.rotary_pos_emb(128),
+                                  model.parameters())
+    predicted = layer_activation_bytes(cfg, tp=1, elem=4, mask_bytes=4)  # CPU dropout keeps float masks
+    print(f"{shape}: predicted {predicted:,.0f} B, measured {measured:,} B, ratio {predicted / measured:.3f}")
+    assert abs(predicted - measured) <= 0.10 * measured

@@ -34,10 +34,22 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     # Model vocabulary before padding. None takes it from the data manifest (tokenizer size incl. [MASK]).
     vocab_size: Optional[int] = None
-    activation_checkpointing: bool = False
+    # Recompute layers in backward instead of keeping their activations: "none", "full" (every
+    # layer), or N, the first N layers of each pipeline stage (megatron's "block" recompute). true
+    # and false mean "full" and "none". `megadlm plan` shows the memory each choice needs.
+    activation_checkpointing: Union[bool, int, str] = "none"
     # Start from these weights instead of random ones: a weights file written by `megadlm import`
     # (full tensors by parameter name; every TP/PP layout slices them). Ignored when resuming.
     init_from: Optional[str] = None
+
+    def recomputed_layers(self, layers_per_stage: int) -> int:
+        """How many of a pipeline stage's layers (the first ones) recompute their activations."""
+        choice = self.activation_checkpointing
+        if choice is True or choice == "full":
+            return layers_per_stage
+        if choice is False or choice == "none":
+            return 0
+        return min(int(choice), layers_per_stage)
 
 
 @dataclass
@@ -47,7 +59,7 @@ class ObjectiveConfig:
     eps: float = 1e-3  # mask probability p = (1 - eps) * t + eps
     # count_form: weight each sequence's masked CE by L/k (mean over masked tokens) instead of 1/p.
     count_form: bool = False
-    # antithetic_t: stratify t within each micro-batch, t_j = (u + j/b) mod 1.
+    # antithetic_t: stratify t over each optimizer step's global batch, t_j = (u + j/B) mod 1.
     antithetic_t: bool = False
     # Probability of truncating a micro-batch to a random length (LLaDA / SMDM use 0.01).
     random_length_prob: float = 0.0

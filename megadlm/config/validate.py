@@ -129,6 +129,11 @@ def _check_objective(cfg: Config, report: Report) -> None:
 
 def _check_model(cfg: Config, report: Report) -> None:
     m = cfg.model
+    recompute = m.activation_checkpointing
+    if (isinstance(recompute, str) and recompute not in ("none", "full")) or (
+            _is_int(recompute) and recompute < 0):
+        report(f"model.activation_checkpointing={recompute!r} must be none, full, or how many layers of "
+               "each pipeline stage recompute their activations (an integer, 0 or more)")
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads"):
         _at_least(f"model.{name}", getattr(m, name), 1, report)
     _at_least("model.make_vocab_size_divisible_by", m.make_vocab_size_divisible_by, 1, report)

@@ -6,9 +6,13 @@ Causal for AR, no mask (bidirectional) for MDM.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+
+from megadlm.parallel.dropout_streams import attention_dropout_stream
 
 
 class SDPACoreAttention(MegatronModule):
@@ -29,8 +33,11 @@ class SDPACoreAttention(MegatronModule):
         causal = mask_type == AttnMaskType.causal
         # megatron's padding masks are True where attention is NOT allowed; SDPA wants the opposite.
         mask = None if causal or attention_mask is None else ~attention_mask
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=causal, scale=self.softmax_scale, enable_gqa=k.size(1) != q.size(1))
+        dropout_p = self.dropout_p if self.training else 0.0
+        # this TP rank's heads draw their masks from its own stream (parallel.dropout_streams)
+        with attention_dropout_stream.fork() if dropout_p > 0 else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal, scale=self.softmax_scale,
+                enable_gqa=k.size(1) != q.size(1))
         b, heads, s, d = out.shape
         return out.permute(2, 0, 1, 3).reshape(s, b, heads * d)

@@ -54,20 +54,21 @@ def transformer_config(cfg: Config):
         persist_layer_norm=False, bias_dropout_fusion=False, apply_rope_fusion=False)
 
 
-def checkpoint_layer_activations(model) -> None:
-    """Recompute each transformer layer in backward instead of keeping its activations.
+def checkpoint_layer_activations(layers) -> None:
+    """Recompute each of these transformer layers in backward instead of keeping its activations.
 
     megatron's own recompute ("full") goes through its CUDA RNG tracker and fails on CPU; torch's
-    non-reentrant checkpoint restores the CPU and CUDA RNG state itself, so dropout masks are the
-    same in the recomputation. Wrapping the instance's forward keeps parameter names unchanged.
+    non-reentrant checkpoint restores the default RNG state itself and ours replays the attention
+    dropout stream, so dropout masks are the same in the recomputation. Wrapping the instance's
+    forward keeps parameter names unchanged. The pipeline's layer stages use the same wrapper.
     """
-    from torch.utils.checkpoint import checkpoint
+    from megadlm.parallel.dropout_streams import checkpoint
 
-    for layer in model.decoder.layers:
+    for layer in layers:
         def forward(*args, _inner=layer.forward, **kwargs):
             if not torch.is_grad_enabled():
                 return _inner(*args, **kwargs)
-            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_inner, *args, **kwargs)
 
         layer.forward = forward
 
@@ -114,8 +115,8 @@ def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
     match_parameter_dtype(model, compute_dtype(cfg.parallel.precision))
     init_by_name(model.named_parameters(), cfg.run.seed if seed is None else seed, m.init_std, m.num_layers,
                  m.init_from)
-    if m.activation_checkpointing:
-        checkpoint_layer_activations(model)
+    layers = list(model.decoder.layers)
+    checkpoint_layer_activations(layers[:m.recomputed_layers(len(layers))])
     return model.to(device())
 
 

@@ -32,8 +32,17 @@ class ObjectiveBatch:
         return rows * self.inputs.size(1)
 
     def to(self, device) -> "ObjectiveBatch":
-        return replace(self, inputs=self.inputs.to(device), labels=self.labels.to(device),
-                       weights=self.weights.to(device), masked=self.masked.to(device))
+        device = torch.device(device)
+        if device.type == "cuda":
+            # from page-locked memory the copies run asynchronously, overlapping the kernels already
+            # queued; a pageable copy would block the host until it is done
+            def move(t):
+                return t.pin_memory().to(device, non_blocking=True)
+        else:
+            def move(t):
+                return t.to(device)
+        return replace(self, inputs=move(self.inputs), labels=move(self.labels), weights=move(self.weights),
+                       masked=move(self.masked))
 
     def with_padding_rows(self, real_rows: int) -> "ObjectiveBatch":
         """Mark rows from `real_rows` on as padding: no weight, no masked tokens, no token count."""

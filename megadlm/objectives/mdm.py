@@ -11,13 +11,19 @@ from megadlm.objectives import randomness as rnd
 from megadlm.objectives.batch import ObjectiveBatch
 
 
-def sequence_times(cfg: ObjectiveConfig, seed: int, sample_ids: torch.Tensor, epoch: int) -> torch.Tensor:
-    """t per sequence. Antithetic: stratified within the micro-batch, t_j = (u + j/b) mod 1, with u
-    drawn from the micro-batch's first sample id so it is still a function of the data, not of state."""
-    b = sample_ids.numel()
+def sequence_times(cfg: ObjectiveConfig, seed: int, sample_ids: torch.Tensor, epoch: int,
+                   batch_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """t per sequence. Antithetic: stratified over the optimizer step's whole global batch (all its
+    micro-batches on all data-parallel ranks; at micro-batch 1 a micro-batch has nothing to stratify),
+    t = (u + j/B) mod 1 where j is the sample's place among the B ids of `batch_ids` in sorted order
+    and u is drawn from the smallest id. Both are functions of the data, so every layout draws the
+    same t for a sample. Without `batch_ids` (validation) the micro-batch is the group."""
     if cfg.antithetic_t:
-        u = torch.rand(1, generator=rnd.generator(seed, int(sample_ids[0]), epoch, rnd.TIME, b))
-        return (u + torch.arange(b, dtype=torch.float32) / b) % 1.0
+        ordered = torch.sort((sample_ids if batch_ids is None else batch_ids).flatten()).values
+        size = ordered.numel()
+        u = torch.rand(1, generator=rnd.generator(seed, int(ordered[0]), epoch, rnd.TIME, size))
+        slots = torch.searchsorted(ordered, sample_ids).to(torch.float32)
+        return (u + slots / size) % 1.0
     return rnd.per_sample_uniform(seed, sample_ids, epoch, rnd.TIME, 1)[:, 0]
 
 
@@ -36,8 +42,9 @@ def truncated_length(cfg: ObjectiveConfig, seed: int, sample_ids: torch.Tensor, 
 
 def mdm_batch(tokens: torch.Tensor, sample_ids: torch.Tensor, epoch: int, seed: int,
               cfg: ObjectiveConfig, mask_id: int, seq_len: int, length_multiple: int = 1,
-              allow_truncation: bool = True) -> ObjectiveBatch:
-    """tokens: [b, >= seq_len] clean samples; uses the first seq_len tokens of each."""
+              allow_truncation: bool = True, batch_ids: torch.Tensor | None = None) -> ObjectiveBatch:
+    """tokens: [b, >= seq_len] clean samples; uses the first seq_len tokens of each. `batch_ids`: the
+    sample ids of the whole global batch (antithetic t is stratified over it)."""
     x0 = tokens[:, :seq_len]
     b = x0.size(0)
     noise = rnd.per_sample_uniform(seed, sample_ids, epoch, rnd.TOKENS, seq_len)
@@ -49,7 +56,7 @@ def mdm_batch(tokens: torch.Tensor, sample_ids: torch.Tensor, epoch: int, seed: 
         masked = ranks < k[:, None]
         weights = masked.float() * (seq_len / k.float())[:, None]
     else:
-        t = sequence_times(cfg, seed, sample_ids, epoch)
+        t = sequence_times(cfg, seed, sample_ids, epoch, batch_ids)
         p = (1.0 - cfg.eps) * t + cfg.eps
         masked = noise < p[:, None]
         weights = masked.float() / p[:, None]

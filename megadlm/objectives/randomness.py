@@ -12,8 +12,10 @@ _MASK64 = (1 << 64) - 1
 
 # Purposes keep independent draws apart (the MDM time t and the per-token noise must not coincide).
 TIME, TOKENS, LENGTH, RATE = 1, 2, 3, 4
-# Seeds the torch generator that dropout draws from (per data-parallel replica and pipeline stage).
+# Seeds the torch generator that hidden/MLP dropout draws from (per data-parallel replica and
+# pipeline stage, shared by its TP ranks), and attention dropout's own stream (per TP rank too).
 DROPOUT_STREAM = 5
+ATTENTION_DROPOUT_STREAM = 6
 
 
 def _splitmix64(x: int) -> int:
@@ -29,6 +31,13 @@ def derive_seed(*parts: int) -> int:
     for p in parts:
         h = _splitmix64(h ^ (int(p) & _MASK64))
     return h >> 1
+
+
+def dropout_seeds(seed: int, dp_rank: int, pp_rank: int, tp_rank: int) -> tuple[int, int]:
+    """(hidden/MLP dropout seed, attention dropout seed) of one rank: the first is the same on every
+    TP rank of a replica's pipeline stage, the second differs between them (parallel.dropout_streams)."""
+    return (derive_seed(seed, DROPOUT_STREAM, dp_rank, pp_rank),
+            derive_seed(seed, ATTENTION_DROPOUT_STREAM, dp_rank, pp_rank, tp_rank))
 
 
 def generator(*parts: int) -> torch.Generator:

@@ -75,9 +75,11 @@ def init_distributed(tp: int, pp: int) -> Layout:
         deepspeed.init_distributed(dist_backend=backend(), verbose=False)
     if not ps.model_parallel_is_initialized():
         # "tp-cp-ep-pp-dp": data-parallel is the slowest axis, matching the streaming replication
-        # layout and DeepSpeed's pipeline topology (see docs/architecture.md).
+        # layout and DeepSpeed's pipeline topology (see docs/architecture.md). No extra gloo copies
+        # of the groups: nothing here uses them (on CPU the groups are gloo already), and on NCCL
+        # runs gloo groups bind to one interface and hang multi-NIC nodes.
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                     order="tp-cp-ep-pp-dp")
+                                     order="tp-cp-ep-pp-dp", create_gloo_process_groups=False)
     return current_layout()
 
 
@@ -136,9 +138,11 @@ class MegatronMPU:
         return dist.get_process_group_ranks(self._ps.get_data_parallel_group())
 
 
-def all_reduce_sum(values: list[float], group=None) -> list[float]:
-    """Sum a few Python floats over `group` (float64, so exact comparisons stay meaningful)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device())
+def all_reduce_sum(values, group=None) -> list[float]:
+    """Sum a few numbers (Python floats or a float64 tensor on the device) over `group`, in float64
+    so exact comparisons stay meaningful; one host sync for the result."""
+    t = (values.to(device=device(), dtype=torch.float64, copy=True) if torch.is_tensor(values)
+         else torch.tensor(values, dtype=torch.float64, device=device()))
     if dist.is_initialized() and dist.get_world_size(group) > 1:
         dist.all_reduce(t, group=group)
     return t.tolist()

@@ -32,15 +32,16 @@ class PipelineLoss:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64)
+        self.sums: torch.Tensor | None = None  # on the logits' device: no host sync per micro-batch
 
     def __call__(self, logits: torch.Tensor, labels) -> torch.Tensor:
         targets, weights, masked, valid = labels
         ce = sharded_cross_entropy(logits, targets.t().contiguous()).t()
         weighted = (ce * weights).sum()
         with torch.no_grad():
-            self.sums += torch.stack([weighted.detach(), (ce.detach() * masked).sum(), masked.sum(),
-                                      valid.sum()]).double().cpu()
+            part = torch.stack([weighted.detach(), (ce.detach() * masked).sum(), masked.sum(),
+                                valid.sum()]).double()
+            self.sums = part if self.sums is None else self.sums + part
         return weighted / targets.numel()
 
 
@@ -48,7 +49,12 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
     """This rank's stages, initialised from (run.seed, global names) like the GPTModel."""
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
-    from megadlm.model.build import compute_dtype, match_parameter_dtype, transformer_config
+    from megadlm.model.build import (
+        checkpoint_layer_activations,
+        compute_dtype,
+        match_parameter_dtype,
+        transformer_config,
+    )
     from megadlm.model.init import init_by_name
     from megadlm.model.layers import project_layer_spec
     from megadlm.model.stages import (
@@ -77,9 +83,11 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
     module = PipelineModule(
         layers=layers, loss_fn=PipelineLoss(), topology=topology(tp, pp, dp),
         partition_method="type:TransformerLayerStage",
-        activation_checkpoint_interval=1 if m.activation_checkpointing else 0,
-        # never checkpoint the embedding: its integer input has no grad
-        checkpointable_layers=["TransformerLayerStage"])
+        # recompute is applied to this stage's layers below, as in the non-pipelined model
+        # (DeepSpeed's own checkpointing replays its RNG tracker, not the attention stream)
+        activation_checkpoint_interval=0)
+    stage_layers = [sub for sub in module.modules() if isinstance(sub, TransformerLayerStage)]
+    checkpoint_layer_activations(stage_layers[:m.recomputed_layers(len(stage_layers))])
     match_parameter_dtype(module, compute_dtype(cfg.parallel.precision))
     init_by_name(global_named_parameters(module), cfg.run.seed, m.init_std, m.num_layers, m.init_from)
     return module

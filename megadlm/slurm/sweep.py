@@ -134,6 +134,7 @@ def submit_sweep(grid_path: str, dry_run: bool, local: bool = False, parallel: i
     `local`, train the points on this machine, `parallel` at a time; rerunning continues unfinished ones)."""
     from megadlm import preflight
     from megadlm.config.loader import config_to_dict, load_config
+    from megadlm.plan import checkpoint_storage
 
     if parallel is not None and (not local or parallel < 1):
         raise ConfigError(f"--parallel {parallel}: give a count of at least 1, and only with --local "
@@ -161,6 +162,9 @@ def submit_sweep(grid_path: str, dry_run: bool, local: bool = False, parallel: i
         p["run_dir"] = str(sweep_dir / "runs" / p["name"])
         p["config"] = str(sweep_dir / "runs" / p["name"] / "slurm" / "config.yaml")
         configs[p["name"]] = config_to_dict(cfg)
+        available = checked.manifest.get("splits", {}).get("train", {}).get("samples")
+        p["checkpoint_storage_bytes"] = checkpoint_storage(
+            cfg, checked.padded_vocab_size, None if available is None else int(available))
     # the points of a grid share their data: hash each directory's shards once, not once per point
     preflight.verify_data_dirs(data_dirs, quiet=False)
     throttle = f"%{grid['max_parallel']}" if grid.get("max_parallel") else ""

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from megadlm.errors import CheckpointError, TrainingError
+from megadlm.parallel.dropout_streams import attention_dropout_stream
 from megadlm.preflight import RunFacts
 from megadlm.rundir import LATEST, checkpoint_root
 
@@ -96,6 +97,8 @@ def _rng_state() -> dict:
                         "gauss_next": gauss_next}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
+    if attention_dropout_stream.seeded:
+        state["attention_dropout"] = attention_dropout_stream.get_state()
     return state
 
 
@@ -107,6 +110,8 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    if "attention_dropout" in state and attention_dropout_stream.seeded:
+        attention_dropout_stream.set_state(state["attention_dropout"])
 
 
 # ---------------------------------------------------------------- checksums, shared by the ranks

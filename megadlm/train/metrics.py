@@ -19,8 +19,27 @@ from megadlm.rundir import ATTEMPT_ENV, metrics_path
 
 MFU_CONVENTION = "6*N(non-embedding + output matmul) + 12*L*h*s (full attention)"
 
-# Peak dense bf16 TFLOP/s per device, for MFU when logging.peak_tflops is not given.
-KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "B200": 2250.0}
+# Dense bf16 peak TFLOP/s by the name torch.cuda.get_device_name() reports, for MFU when
+# logging.peak_tflops is not given. Form factors of one chip differ in clocks and power: the first
+# pattern that matches wins, so the PCIe and NVL cards come before their SXM siblings.
+PEAK_TFLOPS_BY_DEVICE = [
+    (r"H100.*PCIe", 756.0), (r"H100 NVL", 835.0), (r"H100", 989.0),  # "NVIDIA H100 80GB HBM3" is SXM
+    (r"H800.*PCIe", 756.0), (r"H800", 989.0),
+    (r"H200 NVL", 835.0), (r"H200", 989.0),  # "NVIDIA H200", "NVIDIA GH200 480GB"
+    (r"A100", 312.0),  # SXM4 and PCIe alike
+    (r"B200", 2250.0),
+    (r"L40S", 362.0),
+]
+
+
+def peak_tflops_for(device_name: str) -> float | None:
+    """Dense bf16 peak of a device by its CUDA name; None for a device not in the table."""
+    import re
+
+    for pattern, peak in PEAK_TFLOPS_BY_DEVICE:
+        if re.search(pattern, device_name):
+            return peak
+    return None
 
 
 def detect_peak_tflops(cfg: Config) -> float | None:
@@ -31,10 +50,7 @@ def detect_peak_tflops(cfg: Config) -> float | None:
     if use_cuda():
         import torch
 
-        name = torch.cuda.get_device_name()
-        for key, peak in KNOWN_PEAK_TFLOPS.items():
-            if key in name:
-                return peak
+        return peak_tflops_for(torch.cuda.get_device_name())
     return None
 
 

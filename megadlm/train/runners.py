@@ -182,8 +182,10 @@ class PipelineRunner:
         return batch.inputs, (batch.labels, batch.weights, batch.masked.float(), valid)
 
     def _reported_sums(self) -> list[float]:
-        sums = self.loss_fn.sums if self.reporter else torch.zeros(4, dtype=torch.float64)
-        return pdist.all_reduce_sum(sums.tolist())  # whole world; only reporters contribute
+        sums = self.loss_fn.sums if self.reporter else None
+        if sums is None:  # not a reporter, or no micro-batch ran here
+            sums = torch.zeros(4, dtype=torch.float64, device=pdist.device())
+        return pdist.all_reduce_sum(sums)  # whole world; only reporters contribute
 
     def train_step(self, batches: list[ObjectiveBatch], step: int) -> StepResult:
         self.loss_fn.reset()

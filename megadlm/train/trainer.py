@@ -26,8 +26,9 @@ from megadlm.config.validate import bf16_zero_problem
 from megadlm.console import log_library_output_to
 from megadlm.errors import ConfigError, DivergenceError
 from megadlm.objectives import ObjectiveBatch, make_batch
-from megadlm.objectives.randomness import DROPOUT_STREAM, derive_seed
+from megadlm.objectives.randomness import dropout_seeds
 from megadlm.parallel import distributed as pdist
+from megadlm.parallel.dropout_streams import seed_dropout_streams
 from megadlm.rundir import CONFIG, DEEPSPEED_CONFIG, checkpoint_root, rank_log_path
 from megadlm.train.checkpoint import TrainState
 from megadlm.train.checkpointing import Checkpointer, resume_point
@@ -93,8 +94,10 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, che
     if layout.is_main:
         with open(os.path.join(run_dir, DEEPSPEED_CONFIG), "w") as f:
             json.dump(runner.deepspeed_config, f, indent=2)
-    # Dropout streams: one per replica and pipeline stage, shared by the TP ranks of a replica.
-    torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, layout.dp_rank, layout.pp_rank))
+    # Dropout streams: hidden/MLP dropout shares one per replica and pipeline stage with the stage's
+    # TP ranks (their tensors are replicated); attention dropout has one per TP rank (sharded heads).
+    seed_dropout_streams(*dropout_seeds(cfg.run.seed, layout.dp_rank, layout.pp_rank, layout.tp_rank),
+                         pdist.device())
 
     data = TrainData(cfg, checked.manifest, run_dir, replication=layout.tp * layout.pp, seed=cfg.run.seed)
     val = ValData(cfg, checked.manifest, run_dir, layout.dp_rank, layout.dp)
@@ -116,7 +119,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, che
         zero_stage=cfg.parallel.zero_stage, padded_vocab_size=checked.padded_vocab_size,
         cpu_threads=torch.get_num_threads()))
     validator = Validator(cfg, runner, val, data.steps_per_epoch, total_steps, plan.mask_id, pdist.device())
-    stop = StopRequest(run_dir)
+    stop = StopRequest(run_dir, reads_stop_file=layout.is_main)
     watchdog = Watchdog(cfg.run.hang_timeout_s, layout.rank, rank_log_path(run_dir, layout.rank))
     loop = Loop(cfg, plan, runner, data, validator, checkpointer, metrics, logger, stop, watchdog,
                 layout.rank)
@@ -210,12 +213,20 @@ class Loop:
         """One optimizer step over the micro-batches; raises DivergenceError before anything of a
         non-finite step can be saved."""
         cfg = self.cfg
+        batch_ids = self._global_batch_ids(micro) if cfg.objective.antithetic_t else None
         batches = [make_batch(cfg.objective, b.tokens, b.sample_ids, b.epoch, cfg.run.seed, self.plan.mask_id,
-                              cfg.data.seq_len, train=True) for b in micro]
+                              cfg.data.seq_len, train=True, batch_ids=batch_ids) for b in micro]
         _inject_nan_for_tests(batches, micro)
         result = self.runner.train_step(batches, step)
         _stop_if_grad_norm_not_finite(result.grad_norm, step, self.checkpointer.run_dir)
         return result
+
+    def _global_batch_ids(self, micro: list) -> torch.Tensor:
+        """The sample ids of this step's global batch (a collective), or this rank's when the loop
+        runs without a process group."""
+        gather = self.metrics.gather_sample_ids
+        ids = gather(micro) if gather is not None else [int(i) for b in micro for i in b.sample_ids]
+        return torch.tensor(ids, dtype=torch.int64)
 
     def _validate(self, state: TrainState) -> dict:
         record = {"kind": "val", "step": state.step, "epoch": self.metrics.epoch(state.consumed_samples),

@@ -81,6 +81,20 @@ def test_count_form_masks_k_tokens_weighted_L_over_k():
     assert math.isclose(weighted_loss(torch.ones(32, 64), batch).loss.item(), 1.0, rel_tol=1e-6)
 
 
+def test_antithetic_times_are_stratified_over_the_global_batch_however_it_is_split():
+    from megadlm.objectives.mdm import sequence_times
+
+    cfg = ObjectiveConfig(type="mdm", antithetic_t=True)
+    global_batch = torch.tensor([41, 7, 19, 3, 88, 52, 60, 11])
+    whole = sequence_times(cfg, 1, global_batch, 0, batch_ids=global_batch)
+    gaps = torch.diff(torch.sort(whole).values)
+    assert torch.allclose(gaps, torch.full_like(gaps, 1 / 8), atol=1e-6)
+    for micro in (1, 2, 4):  # micro-batches of any size, in any rank order: the same t per sample
+        parts = [sequence_times(cfg, 1, ids, 0, batch_ids=global_batch.flip(0))
+                 for ids in global_batch.split(micro)]
+        assert torch.equal(torch.cat(parts), whole)
+
+
 def test_antithetic_times_are_stratified():
     from megadlm.objectives.mdm import sequence_times
 

@@ -63,6 +63,7 @@ def test_a_grid_on_one_data_directory_verifies_its_shards_once(tiny_data, tmp_pa
     verified = [line for line in proc.stderr.splitlines() if "verified the checksums" in line]
     assert len(verified) == 1 and str(tiny_data) in verified[0], proc.stderr[-2000:]
     assert len([line for line in proc.stdout.splitlines() if line.startswith("  [")]) == 4
+    assert "checkpoint storage once every point has finished" in proc.stdout  # the grid's total on disk
 
 
 def test_parallel_needs_local_and_a_positive_count(tmp_path):

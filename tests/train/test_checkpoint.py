@@ -31,6 +31,19 @@ def uninterrupted(tiny_data, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def stopped(tiny_data, tmp_path_factory):
+    """The same run stopped after step 6: checkpoints at steps 2, 4 and 6."""
+    run = tmp_path_factory.mktemp("ckpt") / "stopped"
+    train(tiny_data, run, "schedule.max_steps=8", "run.stop_at_step=6", *EVERY_2)
+    return run
+
+
+def copy_of(run, tmp_path):
+    """A private copy of a shared run directory (a run directory holds no absolute paths)."""
+    return shutil.copytree(run, tmp_path / "run")
+
+
 def test_manifest_lists_every_file_with_its_checksum(uninterrupted):
     step = uninterrupted / "checkpoints" / "step_00000008"
     manifest = json.loads((step / MANIFEST).read_text())
@@ -45,10 +58,24 @@ def test_manifest_lists_every_file_with_its_checksum(uninterrupted):
     assert set(state) >= {"torch", "numpy", "python"}
 
 
+def test_plan_predicts_the_checkpoint_size(tiny_data, uninterrupted):
+    from megadlm.config.loader import load_config
+    from megadlm.model.inventory import count_parameters
+    from megadlm.plan import checkpoint_bytes
+
+    step = uninterrupted / "checkpoints" / "step_00000008"
+    on_disk = sum(p.stat().st_size for p in step.rglob("*") if p.is_file())
+    cfg = load_config("tiny_ar", [*TINY, f"data.path={tiny_data}"])
+    vocab = json.loads((step / MANIFEST).read_text())["facts"]["model"]["padded_vocab_size"]
+    predicted = checkpoint_bytes(count_parameters(cfg, vocab)["total"], zero_stage=1, precision="fp32")
+    print(f"checkpoint: predicted {predicted:,.0f} B, on disk {on_disk:,} B")
+    assert abs(predicted - on_disk) <= 0.10 * on_disk
+
+
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete_manifest"])
-def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(tiny_data, tmp_path, uninterrupted, damage):
-    run = tmp_path / "run"
-    train(tiny_data, run, "schedule.max_steps=8", "run.stop_at_step=6", *EVERY_2)
+def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(tiny_data, tmp_path, uninterrupted, stopped,
+                                                                  damage):
+    run = copy_of(stopped, tmp_path)
     newest = run / "checkpoints" / "step_00000006"
     victim = newest / "mp_rank_00_model_states.pt"
     if damage == "flip_byte":
@@ -65,9 +92,9 @@ def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(tiny_data, tmp
     assert losses(run) == losses(uninterrupted)  # steps 5..8 recomputed bit-identically
 
 
-def test_unfinished_save_is_ignored_and_resume_from_picks_a_checkpoint(tiny_data, tmp_path, uninterrupted):
-    run = tmp_path / "run"
-    train(tiny_data, run, "schedule.max_steps=8", "run.stop_at_step=6", *EVERY_2)
+def test_unfinished_save_is_ignored_and_resume_from_picks_a_checkpoint(tiny_data, tmp_path, uninterrupted,
+                                                                       stopped):
+    run = copy_of(stopped, tmp_path)
     ckpts = run / "checkpoints"
     # what a crash during a save leaves: a temporary directory without a manifest
     shutil.copytree(ckpts / "step_00000006", ckpts / ".incomplete_step_00000008")
@@ -80,10 +107,10 @@ def test_unfinished_save_is_ignored_and_resume_from_picks_a_checkpoint(tiny_data
     assert starts[-1]["step"] == 2
 
 
-def test_every_checkpoint_damaged_is_refused_without_changes(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    train(tiny_data, run, "schedule.max_steps=8", "run.stop_at_step=2", *EVERY_2)
-    (run / "checkpoints" / "step_00000002" / "rng_rank00000.pt").write_bytes(b"garbage")
+def test_every_checkpoint_damaged_is_refused_without_changes(tiny_data, tmp_path, stopped):
+    run = copy_of(stopped, tmp_path)
+    for step in (2, 4, 6):
+        (run / "checkpoints" / f"step_{step:08d}" / "rng_rank00000.pt").write_bytes(b"garbage")
     before = snapshot(run)
     proc = train(tiny_data, run, "schedule.max_steps=8", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -96,9 +123,8 @@ def test_every_checkpoint_damaged_is_refused_without_changes(tiny_data, tmp_path
     (["--set", "model.hidden_size=96"], ["model.hidden_size was 64", "96"]),
     (["--set", "parallel.zero_stage=3"], ["ZeRO 0, 1/2 and 3"]),
 ])
-def test_incompatible_resume_is_refused_without_changes(tiny_data, tmp_path, change, words):
-    run = tmp_path / "run"
-    train(tiny_data, run, "schedule.max_steps=8", "run.stop_at_step=2")
+def test_incompatible_resume_is_refused_without_changes(tiny_data, tmp_path, stopped, change, words):
+    run = copy_of(stopped, tmp_path)
     before = snapshot(run)
     proc = run_cli("train", "tiny_ar", "--run-dir", str(run),
                    *sets(*TINY, f"data.path={tiny_data}", "objective.mlp_dropout=0.1",

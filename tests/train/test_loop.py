@@ -221,3 +221,15 @@ def test_resume_continues_from_the_state_it_is_given(tmp_path):
     assert runner.steps == [6, 7]
     assert steps_of(records, "train") == [6, 7]
     assert summary["tokens_seen"] == 160 + 2 * GLOBAL * SEQ
+
+
+def test_only_the_rank_that_reads_the_stop_file_sees_it(tmp_path):
+    """Rank 0 alone stats RUN_DIR/STOP; the step's all-reduce tells every other rank."""
+    (tmp_path / "STOP").write_text("")
+    reader, other = StopRequest(str(tmp_path)), StopRequest(str(tmp_path), reads_stop_file=False)
+    try:
+        assert reader.agreed(torch.device("cpu")) == "STOP"
+        assert other.agreed(torch.device("cpu")) is None  # without a process group: nobody told it
+    finally:
+        reader.close()
+        other.close()

@@ -9,8 +9,8 @@ from tests.conftest import TINY, read_jsonl, run_cli, sets, train_records
 pytestmark = pytest.mark.slow
 
 
-def train(tiny_data, run_dir, *extra, nproc=0, config="tiny_mdm", check=True):
-    return run_cli("train", config, "--run-dir", str(run_dir),
+def train(tiny_data, run_dir, *extra, nproc=0, config="tiny_mdm", check=True, args=()):
+    return run_cli("train", config, "--run-dir", str(run_dir), *args,
                    *sets(*TINY, f"data.path={tiny_data}", *extra), nproc=nproc, check=check)
 
 
@@ -80,25 +80,28 @@ def test_wandb_offline_files_are_written(tiny_data, tmp_path):
     ("mdm", [], 0),
     ("ar", ["objective.token_dropout=0.2", "objective.mlp_dropout=0.1", "objective.attention_dropout=0.1"],
      2),
-    ("mdm", ["parallel.tp=2", "parallel.pp=2", "objective.mlp_dropout=0.1"], 4),
-    # 512 unique tokens = 16 samples = 2 steps per epoch: the stop lands mid-epoch 2 and the resumed
-    # run crosses two more epoch boundaries (reshuffles, new masks per epoch)
+    # per-TP-rank attention dropout streams are saved and restored too
+    ("mdm", ["parallel.tp=2", "parallel.pp=2", "objective.mlp_dropout=0.1",
+             "objective.attention_dropout=0.1"], 4),
+    # 512 unique tokens = 16 samples = 2 steps per epoch: the checkpoint lands mid-epoch 2 and the
+    # resumed run crosses two more epoch boundaries (reshuffles, new masks per epoch)
     ("ar", ["data.unique_tokens=512", "objective.token_dropout=0.3"], 0),
 ])
 def test_resume_continues_exactly(tiny_data, tmp_path, objective, extra, nproc):
-    """Stop at step 3 (a checkpoint), resume, finish at 6: the same losses as a run that never stopped."""
-    common = ["schedule.max_steps=6", "logging.eval_interval=3", *extra]
-    train(tiny_data, tmp_path / "full", *common, config=f"tiny_{objective}", nproc=nproc)
-    train(tiny_data, tmp_path / "cut", *common, "run.stop_at_step=3", config=f"tiny_{objective}", nproc=nproc)
-    summary = [r for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl") if r["kind"] == "summary"][-1]
-    assert summary["step"] == 3 and not summary["finished"]
-    train(tiny_data, tmp_path / "cut", *common, config=f"tiny_{objective}", nproc=nproc)
-    full, cut = train_records(tmp_path / "full"), train_records(tmp_path / "cut")
-    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
-    assert [r["loss"] for r in cut] == [r["loss"] for r in full]  # bit-identical on CPU
-    assert [r["grad_norm"] for r in cut] == [r["grad_norm"] for r in full]
-    assert (train_records(tmp_path / "cut", "val")[-1]["val_loss"]
-            == train_records(tmp_path / "full", "val")[-1]["val_loss"])
+    """A run resumed from the step-3 checkpoint of a 6-step run computes that run's steps 4-6 exactly.
+    (Stopping a run at a step and resuming it in the same run directory: test_checkpoint, test_stop.)"""
+    common = ["schedule.max_steps=6", "logging.eval_interval=3", "checkpoint.interval=3", *extra]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(tiny_data, full, *common, config=f"tiny_{objective}", nproc=nproc)
+    train(tiny_data, resumed, *common, config=f"tiny_{objective}", nproc=nproc,
+          args=["--resume-from", str(full / "checkpoints" / "step_00000003")])
+    start = [r for r in read_jsonl(resumed / "metrics.jsonl") if r["kind"] == "start"][-1]
+    assert start["step"] == 3
+    got, want = train_records(resumed), train_records(full)[3:]
+    assert [r["step"] for r in got] == [4, 5, 6]
+    assert [r["loss"] for r in got] == [r["loss"] for r in want]  # bit-identical on CPU
+    assert [r["grad_norm"] for r in got] == [r["grad_norm"] for r in want]
+    assert train_records(resumed, "val")[-1]["val_loss"] == train_records(full, "val")[-1]["val_loss"]
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(tiny_data, tmp_path):
