@@ -35,6 +35,9 @@ def test_defaults_and_tiny_are_valid():
     "sections, words",
     [
         ({"objective": {"type": "diffusion"}}, ["objective.type", "mdm, ar"]),
+        ({"model": {"activation_checkpointing": "selective"}}, ["activation_checkpointing", "none, full"]),
+        ({"model": {"activation_checkpointing": -1}}, ["model.activation_checkpointing", "0 or more"]),
+        ({"parallel": {"precision": "bf16", "zero_stage": 0}}, ["zero_stage=0 with bf16", "zero_stage=1"]),
         ({"objective": {"type": "ar", "token_dropout": 1.5}}, ["objective.token_dropout", "[0, 1]"]),
         ({"objective": {"type": "ar", "token_dropout": "gaussian"}}, ["objective.token_dropout", "uniform"]),
         ({"objective": {"mlp_dropout": 1.0}}, ["objective.mlp_dropout", "[0, 1)"]),

@@ -159,3 +159,21 @@ def test_tiny_preset_is_in_the_1_to_10M_range():
 
     n = count_parameters(load_config("tiny"), 384)["total"]
     assert 1e6 <= n <= 10e6, n
+
+
+def test_no_gloo_copies_of_the_process_groups():
+    """megatron's extra gloo groups are not created (nothing uses them; on NCCL nodes with several
+    network interfaces they hang)."""
+    from megatron.core import parallel_state as ps
+
+    with pytest.raises(AssertionError, match="not initialized"):
+        ps.get_data_parallel_group_gloo()
+
+
+@pytest.mark.parametrize("choice,wrapped", [("none", [False, False]), (False, [False, False]),
+                                            (1, [True, False]), ("full", [True, True]), (True, [True, True])])
+def test_activation_checkpointing_recomputes_the_first_n_layers(choice, wrapped):
+    cfg = small_config()
+    cfg.model.activation_checkpointing = choice
+    model = build(cfg)
+    assert ["forward" in layer.__dict__ for layer in model.decoder.layers] == wrapped
