@@ -33,6 +33,16 @@ def test_bench_step_quick_mode(tmp_path):
     assert result["step_time_ratio"] > 0 and result["loader_over_trainer"] > 0
 
 
+def test_bench_step_head_mode_compares_the_two_heads(tmp_path):
+    proc = subprocess.run([sys.executable, "tools/bench_step.py", "--head", "--quick", "--rounds", "2"],
+                          cwd=REPO, env=megadlm_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
+    assert result["masked_head_speedup"] > 0 and 0 < result["scored_fraction"] < 1
+    # one chunk of the scored rows' logits against the full head's logits and softmax
+    assert 0 < result["logits_peak_bytes_ratio"] < 1 and result["max_relative_grad_difference"] < 1e-5
+
+
 def test_bench_local_sweep_smoke_mode(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "tools/bench_local_sweep.py", "--steps", "4", "--out", str(out)],

@@ -7,8 +7,11 @@
    batch, one process. Target: ratio <= 1.3.
 2. The training data loader alone (streaming MDS -> int64 micro-batches) in tokens/s against the
    trainer's consumption in tokens/s. Target: >= 20x.
+3. `--head`: the scored, chunked MDM output head against the full head at vocabulary 50k, seq 512
+   (tools/bench_head.py). Targets: masked_head_speedup >= 1.4, logits_peak_bytes_ratio <= 0.25.
 
     python tools/bench_step.py [--steps 20] [--warmup 5] [--objective ar|mdm] [--quick]
+    python tools/bench_step.py --head [--rounds 10] [--quick]
 """
 from __future__ import annotations
 
@@ -162,7 +165,19 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--objective", default="ar", choices=["ar", "mdm"])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke run, not a measurement)")
+    parser.add_argument("--head", action="store_true", help="the scored output head against the full one")
+    parser.add_argument("--rounds", type=int, default=10, help="--head: interleaved A/B rounds")
     args = parser.parse_args()
+    if args.head:
+        from tools.bench_head import bench_head
+
+        result = bench_head(args.rounds, args.quick)
+        print(json.dumps(result))
+        print(f"MDM output head at vocab {result['vocab']:,}, seq {result['seq']}: scored "
+              f"{result['scored_ms']:.1f} ms vs full {result['full_ms']:.1f} ms -> "
+              f"{result['masked_head_speedup']:.2f}x (target >= 1.4); peak logits bytes "
+              f"{result['logits_peak_bytes_ratio']:.3f} of the full head's (target <= 0.25)")
+        return 0
     shape = QUICK if args.quick else SHAPE
     from megadlm.config.validate import padded_vocab_size
 

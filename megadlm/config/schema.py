@@ -38,6 +38,11 @@ class ModelConfig:
     # layer), or N, the first N layers of each pipeline stage (megatron's "block" recompute). true
     # and false mean "full" and "none". `megadlm plan` shows the memory each choice needs.
     activation_checkpointing: Union[bool, int, str] = "none"
+    # "scored": project and score only the positions with a loss weight (MDM: the masked ones),
+    # chunked so that no [tokens x vocab] logits tensor exists (parallel/output_head.py). "full":
+    # megatron's output layer on every position, then the cross-entropy (the path it replaces).
+    # Pipelines (PP > 1) use the full head either way.
+    output_head: str = "scored"
     # Start from these weights instead of random ones: a weights file written by `megadlm import`
     # (full tensors by parameter name; every TP/PP layout slices them). Ignored when resuming.
     init_from: Optional[str] = None

@@ -129,6 +129,7 @@ def _check_objective(cfg: Config, report: Report) -> None:
 
 def _check_model(cfg: Config, report: Report) -> None:
     m = cfg.model
+    _choice("model.output_head", m.output_head, ("scored", "full"), report)
     recompute = m.activation_checkpointing
     if (isinstance(recompute, str) and recompute not in ("none", "full")) or (
             _is_int(recompute) and recompute < 0):

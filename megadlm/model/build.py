@@ -77,13 +77,28 @@ def _gpt_model_class():
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     from megadlm.parallel.cross_entropy import sharded_cross_entropy
+    from megadlm.parallel.output_head import IGNORE, scored_cross_entropy
 
     class ProjectGPTModel(GPTModel):
-        """GPTModel whose per-token loss keeps fp64 in fp64 runs (megatron's casts to fp32)."""
+        """GPTModel whose per-token loss keeps fp64 in fp64 runs (megatron's casts to fp32) and, with
+        model.output_head=scored, projects only the scored positions, chunked (parallel.output_head).
+        Labels of positions without a loss weight are output_head.IGNORE; their CE is 0."""
+
+        scored_head = True
+
+        def _postprocess(self, hidden_states, input_ids, position_ids, labels, **kwargs):
+            if labels is None or not self.scored_head or kwargs.get("mtp_in_postprocess"):
+                return super()._postprocess(hidden_states=hidden_states, input_ids=input_ids,
+                                            position_ids=position_ids, labels=labels, **kwargs)
+            weight = (self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights
+                      else self.output_layer.weight)
+            return scored_cross_entropy(hidden_states, weight, labels)
 
         def compute_language_model_loss(self, labels, logits):
-            # logits [s, b, v/tp], labels [b, s] -> CE [b, s]
-            return sharded_cross_entropy(logits, labels.t().contiguous()).t().contiguous()
+            # logits [s, b, v/tp], labels [b, s] -> CE [b, s]; unscored positions score 0
+            scored = labels != IGNORE
+            ce = sharded_cross_entropy(logits, labels.clamp(min=0).t().contiguous()).t().contiguous()
+            return ce * scored
 
     return ProjectGPTModel
 
@@ -111,6 +126,7 @@ def build_model(cfg: Config, vocab_size: int, seed: int | None = None):
         post_process=ps.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=m.tie_embeddings,
         position_embedding_type=m.position_embedding, rotary_base=m.rotary_base)
+    model.scored_head = m.output_head == "scored"
     make_rope_device_agnostic(model)
     match_parameter_dtype(model, compute_dtype(cfg.parallel.precision))
     init_by_name(model.named_parameters(), cfg.run.seed if seed is None else seed, m.init_std, m.num_layers,

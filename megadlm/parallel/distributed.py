@@ -49,18 +49,13 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _ensure_single_process_env() -> None:
-    """A plain `megadlm train` (no torchrun) is a world of one; give torch and streaming the env they read."""
+def _ensure_single_process_env() -> bool:
+    """A plain `megadlm train` (no torchrun) is a world of one; give torch, DeepSpeed and streaming
+    the rank variables they read. True when this process is such a world."""
     if "WORLD_SIZE" in os.environ:
-        return
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        return False
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    return True
 
 
 def init_distributed(tp: int, pp: int) -> Layout:
@@ -68,11 +63,17 @@ def init_distributed(tp: int, pp: int) -> Layout:
     import deepspeed
     from megatron.core import parallel_state as ps
 
-    _ensure_single_process_env()
+    alone = _ensure_single_process_env()
     if use_cuda():
         torch.cuda.set_device(device())
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend(), verbose=False)
+        if alone:
+            # A world of one needs no rendezvous: an in-memory store. A TCP store would need a free
+            # port, and picking one before binding it races every other run starting on the host
+            # (EADDRINUSE, seen with `megadlm sweep --local --parallel 2`). DeepSpeed adopts the group.
+            dist.init_process_group(backend(), store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            deepspeed.init_distributed(dist_backend=backend(), verbose=False)
     if not ps.model_parallel_is_initialized():
         # "tp-cp-ep-pp-dp": data-parallel is the slowest axis, matching the streaming replication
         # layout and DeepSpeed's pipeline topology (see docs/architecture.md). No extra gloo copies

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from megadlm.config.schema import Config
 from megadlm.errors import TrainingError
 from megadlm.parallel.cross_entropy import sharded_cross_entropy
+from megadlm.parallel.output_head import IGNORE
 
 
 def topology(tp: int, pp: int, dp: int):
@@ -35,8 +36,8 @@ class PipelineLoss:
         self.sums: torch.Tensor | None = None  # on the logits' device: no host sync per micro-batch
 
     def __call__(self, logits: torch.Tensor, labels) -> torch.Tensor:
-        targets, weights, masked, valid = labels
-        ce = sharded_cross_entropy(logits, targets.t().contiguous()).t()
+        targets, weights, masked, valid = labels  # targets of unweighted positions are IGNORE
+        ce = sharded_cross_entropy(logits, targets.clamp(min=0).t().contiguous()).t() * (targets != IGNORE)
         weighted = (ce * weights).sum()
         with torch.no_grad():
             part = torch.stack([weighted.detach(), (ce.detach() * masked).sum(), masked.sum(),
@@ -77,6 +78,8 @@ def build_pipeline(cfg: Config, vocab_size: int, tp: int, pp: int, dp: int):
     layers.append(LayerSpec(FinalNormStage, config, spec))
     # Tied: the last stage holds a copy of the embedding; DeepSpeed all-reduces its gradient with
     # the first stage's so both copies stay equal.
+    # The pipeline keeps the full head (model.output_head applies to PP = 1): projecting the scored
+    # rows inside the loss matched one process in fp32 but drifted after the first update in bf16.
     layers.append(TiedLayerSpec("embed", EmbeddingStage, *embed_args, forward_fn=tied_output_logits,
                                 tied_weight_attr=tied_attr)
                   if m.tie_embeddings else LayerSpec(OutputStage, config, vocab_size))

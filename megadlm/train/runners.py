@@ -109,7 +109,7 @@ class EngineRunner:
         batch = batch.to(self.device)
         positions = (torch.arange(batch.inputs.size(1), device=self.device).unsqueeze(0)
                      .expand_as(batch.inputs))
-        token_ce = self.engine(batch.inputs, positions, None, labels=batch.labels)
+        token_ce = self.engine(batch.inputs, positions, None, labels=batch.model_targets())
         return weighted_loss(token_ce, batch)
 
     def train_step(self, batches: list[ObjectiveBatch], step: int) -> StepResult:
@@ -179,7 +179,7 @@ class PipelineRunner:
     def _as_pipe_batch(batch: ObjectiveBatch):
         rows = torch.ones(batch.labels.size(0)) if batch.row_valid is None else batch.row_valid.float()
         valid = rows[:, None].expand(batch.labels.shape).contiguous()
-        return batch.inputs, (batch.labels, batch.weights, batch.masked.float(), valid)
+        return batch.inputs, (batch.model_targets(), batch.weights, batch.masked.float(), valid)
 
     def _reported_sums(self) -> list[float]:
         sums = self.loss_fn.sums if self.reporter else None

@@ -177,3 +177,17 @@ def test_activation_checkpointing_recomputes_the_first_n_layers(choice, wrapped)
     cfg.model.activation_checkpointing = choice
     model = build(cfg)
     assert ["forward" in layer.__dict__ for layer in model.decoder.layers] == wrapped
+
+
+def test_a_world_of_one_meets_in_memory_without_a_tcp_port():
+    """A plain one-process run needs no rendezvous port: picking a free one before binding it raced
+    every other run starting on the host (EADDRINUSE under `megadlm sweep --local --parallel 2`)."""
+    import os
+
+    from torch.distributed import distributed_c10d
+
+    store = distributed_c10d._get_default_store()
+    while isinstance(store, torch.distributed.PrefixStore):
+        store = store.underlying_store
+    assert isinstance(store, torch.distributed.HashStore)
+    assert "MASTER_PORT" not in os.environ
