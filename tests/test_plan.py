@@ -36,8 +36,9 @@ def test_plan_says_when_it_does_not_fit():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout,ranks", [
-    (["parallel.zero_stage=0"], 2), (["parallel.zero_stage=1"], 2), (["parallel.zero_stage=2"], 2),
-    (["parallel.zero_stage=3"], 2), (["parallel.tp=2"], 2), (["parallel.pp=2"], 2),
+    # (ZeRO-2 differs from ZeRO-1 only in gradients, which are not kept between steps)
+    (["parallel.zero_stage=0"], 2), (["parallel.zero_stage=1"], 2), (["parallel.zero_stage=3"], 2),
+    (["parallel.tp=2"], 2), (["parallel.pp=2"], 2),
 ])
 def test_model_state_bytes_match_a_real_cpu_run(tiny_data, tmp_path, layout, ranks):
     from megadlm.plan import make_plan
