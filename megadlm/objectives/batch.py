@@ -26,13 +26,6 @@ class ObjectiveBatch:
     # [b] bool, None = all rows real. Padding rows (validation only) have zero weight and count no tokens.
     row_valid: Optional[torch.Tensor] = None
 
-    def model_targets(self) -> torch.Tensor:
-        """The labels the model scores: positions without a loss weight (MDM's unmasked tokens,
-        padding rows) are IGNORE, so the output head neither projects nor scores them."""
-        from megadlm.parallel.output_head import IGNORE
-
-        return self.labels.masked_fill(self.weights == 0, IGNORE)
-
     @property
     def scored_tokens(self) -> int:
         rows = self.inputs.size(0) if self.row_valid is None else int(self.row_valid.sum())

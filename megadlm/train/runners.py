@@ -18,6 +18,7 @@ from megadlm.config.schema import Config
 from megadlm.errors import DivergenceError
 from megadlm.objectives import ObjectiveBatch, weighted_loss
 from megadlm.parallel import distributed as pdist
+from megadlm.parallel.output_head import IGNORE
 from megadlm.parallel.partial_grads import sum_partial_grads_over_tp
 from megadlm.train.universal import drop_none_extra_state, universal_info
 
@@ -71,6 +72,12 @@ def deepspeed_config(cfg: Config, grad_accum: int, bf16: bool, load_universal: b
     return config
 
 
+def model_targets(batch: ObjectiveBatch) -> torch.Tensor:
+    """The labels the model scores: positions without a loss weight (MDM's unmasked tokens,
+    validation padding) are IGNORE, so the output head neither projects nor scores them."""
+    return batch.labels.masked_fill(batch.weights == 0, IGNORE)
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices (incl. embeddings), none on norms and biases."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -109,7 +116,7 @@ class EngineRunner:
         batch = batch.to(self.device)
         positions = (torch.arange(batch.inputs.size(1), device=self.device).unsqueeze(0)
                      .expand_as(batch.inputs))
-        token_ce = self.engine(batch.inputs, positions, None, labels=batch.model_targets())
+        token_ce = self.engine(batch.inputs, positions, None, labels=model_targets(batch))
         return weighted_loss(token_ce, batch)
 
     def train_step(self, batches: list[ObjectiveBatch], step: int) -> StepResult:
@@ -179,7 +186,7 @@ class PipelineRunner:
     def _as_pipe_batch(batch: ObjectiveBatch):
         rows = torch.ones(batch.labels.size(0)) if batch.row_valid is None else batch.row_valid.float()
         valid = rows[:, None].expand(batch.labels.shape).contiguous()
-        return batch.inputs, (batch.model_targets(), batch.weights, batch.masked.float(), valid)
+        return batch.inputs, (model_targets(batch), batch.weights, batch.masked.float(), valid)
 
     def _reported_sums(self) -> list[float]:
         sums = self.loss_fn.sums if self.reporter else None

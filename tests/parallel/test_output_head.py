@@ -47,6 +47,7 @@ def test_the_model_trains_the_same_with_either_head(single_rank_groups, dtype, o
     from megadlm.config.loader import load_config
     from megadlm.model.build import build_model
     from megadlm.objectives import make_batch, weighted_loss
+    from megadlm.train.runners import model_targets
 
     def loss_and_grads(head):
         cfg = load_config(f"tiny_{objective}", ["model.num_layers=2", "model.hidden_size=64",
@@ -56,7 +57,7 @@ def test_the_model_trains_the_same_with_either_head(single_rank_groups, dtype, o
         tokens = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(1))
         batch = make_batch(cfg.objective, tokens, torch.arange(4), 0, 7, 257, 32)
         positions = torch.arange(32).unsqueeze(0).expand(4, 32)
-        loss = weighted_loss(model(batch.inputs, positions, None, labels=batch.model_targets()), batch).loss
+        loss = weighted_loss(model(batch.inputs, positions, None, labels=model_targets(batch)), batch).loss
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
