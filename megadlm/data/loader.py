@@ -95,6 +95,27 @@ def streaming_registration_lock(timeout_s: float = 300.0):
         everyone_waits_for_the_leaders()
         yield
         return
+    with _host_lock(timeout_s):
+        everyone_waits_for_the_leaders()
+        yield
+
+
+def release_shared_memory(*holders) -> None:
+    """Drop datasets (TrainData, ValData) and so unlink their shared memory, under the host lock
+    on the local leader, which owns it. Freed while another job's ranks scan for their prefix, a
+    prefix below theirs would make those ranks disagree ("prefix=N was not registered by local
+    leader"). No collective: a rank may get here alone after a failure."""
+    import gc
+
+    leader = os.environ.get("LOCAL_RANK", "0") == "0"
+    with _host_lock(300.0) if leader else contextlib.nullcontext():
+        for holder in holders:
+            holder.__dict__.pop("dataset", None)
+        gc.collect()
+
+
+@contextlib.contextmanager
+def _host_lock(timeout_s: float):
     directory = ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
                  else tempfile.gettempdir())
     with open(os.path.join(directory, "megadlm-streaming-register.lock"), "a+") as f:
@@ -111,7 +132,6 @@ def streaming_registration_lock(timeout_s: float = 300.0):
                     break
                 time.sleep(0.05)
         try:
-            everyone_waits_for_the_leaders()
             yield
         finally:
             if locked:

@@ -69,7 +69,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, che
            layout: pdist.Layout) -> dict:
     from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
 
-    from megadlm.data.loader import TrainData, ValData
+    from megadlm.data.loader import TrainData, ValData, release_shared_memory
     from megadlm.model.build import compute_dtype, flops_per_token
     from megadlm.train.memory import live_tensor_bytes
     from megadlm.train.metrics import detect_peak_tflops
@@ -126,6 +126,7 @@ def _train(cfg: Config, run_dir: str, resume: bool, resume_from: str | None, che
     try:
         return loop.run(state)
     finally:
+        release_shared_memory(data, val)
         watchdog.stop()
         stop.close()
         logger.close()
