@@ -76,8 +76,7 @@ def checkpoint_layer_activations(layers) -> None:
 def _gpt_model_class():
     from megatron.core.models.gpt.gpt_model import GPTModel
 
-    from megadlm.parallel.cross_entropy import sharded_cross_entropy
-    from megadlm.parallel.output_head import IGNORE, scored_cross_entropy
+    from megadlm.parallel.output_head import logits_cross_entropy, scored_cross_entropy
 
     class ProjectGPTModel(GPTModel):
         """GPTModel whose per-token loss keeps fp64 in fp64 runs (megatron's casts to fp32) and, with
@@ -95,10 +94,7 @@ def _gpt_model_class():
             return scored_cross_entropy(hidden_states, weight, labels)
 
         def compute_language_model_loss(self, labels, logits):
-            # logits [s, b, v/tp], labels [b, s] -> CE [b, s]; unscored positions score 0
-            scored = labels != IGNORE
-            ce = sharded_cross_entropy(logits, labels.clamp(min=0).t().contiguous()).t().contiguous()
-            return ce * scored
+            return logits_cross_entropy(logits, labels)  # [s, b, v/tp], [b, s] -> CE [b, s]
 
     return ProjectGPTModel
 

@@ -12,17 +12,24 @@ import torch
 import torch.distributed as dist
 
 
-def _tp_group():
+def tp_group():
     from megatron.core import parallel_state as ps
 
     return ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_rank(), \
         ps.get_tensor_model_parallel_world_size()
 
 
+def targets_in_shard(targets: torch.Tensor, rank: int, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of each target within this rank's vocabulary shard (0 where outside), outside)."""
+    local = targets - rank * shard
+    outside = (local < 0) | (local >= shard)
+    return local.masked_fill(outside, 0), outside
+
+
 class _ShardedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        group, rank, world = _tp_group()
+        group, rank, world = tp_group()
         work_dtype = torch.promote_types(logits.dtype, torch.float32)
         shifted = logits.to(work_dtype, copy=True)  # becomes exp, then the softmax, in place
         shard = shifted.size(-1)
@@ -31,9 +38,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
         shifted -= row_max.unsqueeze(-1)
 
-        local = targets - rank * shard
-        outside = (local < 0) | (local >= shard)
-        local = local.masked_fill(outside, 0)
+        local, outside = targets_in_shard(targets, rank, shard)
         target_logit = shifted.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
 
         torch.exp(shifted, out=shifted)

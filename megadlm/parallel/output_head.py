@@ -22,29 +22,21 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from megadlm.parallel.cross_entropy import sharded_cross_entropy, targets_in_shard, tp_group
+
 IGNORE = -1  # target of a position that carries no loss weight
 # logits per chunk: 16 Mi elements, 64 MiB in fp32 (110 rows at a 151k vocabulary: TP > 1 then
 # all-reduces two [rows] vectors per chunk, microseconds each against the chunk's matmul)
 CHUNK_ELEMENTS = 1 << 24
 
 
-def _tp_group():
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_rank(), \
-        ps.get_tensor_model_parallel_world_size()
-
-
 class _FusedHeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 chunk_rows: int) -> torch.Tensor:
-        group, rank, world = _tp_group()
+        group, rank, world = tp_group()
         work = torch.promote_types(hidden.dtype, torch.float32)
-        shard = weight.size(0)
-        local = targets - rank * shard
-        outside = (local < 0) | (local >= shard)
-        local = local.masked_fill(outside, 0)
+        local, outside = targets_in_shard(targets, rank, weight.size(0))
         n = hidden.size(0)
         ce = torch.empty(n, dtype=work, device=hidden.device)
         lse = torch.empty(n, dtype=work, device=hidden.device)
@@ -62,8 +54,9 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
                 both = torch.stack([sum_exp, target_logit])
                 dist.all_reduce(both, group=group)
                 sum_exp, target_logit = both[0], both[1]
-            ce[rows] = sum_exp.log() - target_logit
-            lse[rows] = sum_exp.log() + row_max
+            log_sum_exp = sum_exp.log()
+            ce[rows] = log_sum_exp - target_logit
+            lse[rows] = log_sum_exp + row_max
             del logits  # before the next chunk's matmul: one chunk alive at a time
         ctx.save_for_backward(hidden, weight, lse, local, outside)
         ctx.chunk_rows = chunk_rows
@@ -88,6 +81,13 @@ class _FusedHeadCrossEntropy(torch.autograd.Function):
                 grad_weight += (grad_logits.t() @ hidden[rows]).to(work)
             del grad_logits
         return grad_hidden, grad_weight.to(weight.dtype), None, None
+
+
+def logits_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The full head's CE [b, s]: logits [s, b, v/tp] of every position, targets [b, s] global ids
+    or IGNORE (CE 0)."""
+    ce = sharded_cross_entropy(logits, targets.clamp(min=0).t().contiguous()).t().contiguous()
+    return ce * (targets != IGNORE)
 
 
 def chunk_rows_for(vocab_shard: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:

@@ -12,8 +12,7 @@ import torch.distributed as dist
 
 from megadlm.config.schema import Config
 from megadlm.errors import TrainingError
-from megadlm.parallel.cross_entropy import sharded_cross_entropy
-from megadlm.parallel.output_head import IGNORE
+from megadlm.parallel.output_head import logits_cross_entropy
 
 
 def topology(tp: int, pp: int, dp: int):
@@ -37,7 +36,7 @@ class PipelineLoss:
 
     def __call__(self, logits: torch.Tensor, labels) -> torch.Tensor:
         targets, weights, masked, valid = labels  # targets of unweighted positions are IGNORE
-        ce = sharded_cross_entropy(logits, targets.clamp(min=0).t().contiguous()).t() * (targets != IGNORE)
+        ce = logits_cross_entropy(logits, targets)
         weighted = (ce * weights).sum()
         with torch.no_grad():
             part = torch.stack([weighted.detach(), (ce.detach() * masked).sum(), masked.sum(),
