@@ -6,7 +6,8 @@ run directories through this module, so they agree on what they see.
     RUN_DIR/deepspeed.json     the DeepSpeed config that attempt's engine was given
     RUN_DIR/metrics.jsonl      one JSON record per line: start, train, val, skip, summary
     RUN_DIR/STOP               a stop request (removed once honoured)
-    RUN_DIR/checkpoints/       step_NNNNNNNN/ (each with megadlm_manifest.json) and `latest`
+    RUN_DIR/checkpoints/       step_NNNNNNNN/ (each with megadlm_manifest.json) and `latest`;
+                               with checkpoint.keep_best, one manifest is marked "best"
     RUN_DIR/logs/              per-rank logs: library warnings, stack dumps of a hang
 
 An *attempt* is one launch of the trainer: its `start` record, its steps and, unless it crashed,
@@ -25,6 +26,7 @@ METRICS = "metrics.jsonl"
 STOP = "STOP"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+CHECKPOINT_MANIFEST = "megadlm_manifest.json"
 LOGS = "logs"
 ATTEMPT_ENV = "MEGADLM_ATTEMPT"
 
@@ -54,6 +56,31 @@ def has_checkpoint_dirs(run_dir: str) -> bool:
     """Whether RUN_DIR/checkpoints holds any step_* directory (complete or not: not verified)."""
     root = checkpoint_root(run_dir)
     return os.path.isdir(root) and any(name.startswith("step_") for name in os.listdir(root))
+
+
+def best_checkpoint(run_dir: str) -> tuple[str, dict] | None:
+    """(path, its "best" mark: metric, value, step) of the checkpoint kept by checkpoint.keep_best,
+    or None. A crash between marking a new best and unmarking the old one leaves two marks: the
+    lower value is the best. The files are not verified here (loading a checkpoint does that)."""
+    root = checkpoint_root(run_dir)
+    if not os.path.isdir(root):
+        return None
+    marked = []
+    for name in sorted(os.listdir(root)):
+        manifest = os.path.join(root, name, CHECKPOINT_MANIFEST)
+        if not name.startswith("step_") or not os.path.isfile(manifest):
+            continue
+        try:
+            with open(manifest) as f:
+                mark = json.load(f).get("best")
+        except (OSError, ValueError):
+            continue
+        if mark:
+            marked.append((mark["value"], os.path.join(root, name), mark))
+    if not marked:
+        return None
+    _, path, mark = min(marked, key=lambda m: (m[0], m[1]))
+    return path, mark
 
 
 def looks_like_run_dir(path: str) -> bool:

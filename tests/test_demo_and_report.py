@@ -1,27 +1,59 @@
-"""The demo end to end (offline corpus, shrunk through --set) and the report it writes."""
+"""The demo end to end (offline corpus) and the simple report."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from megadlm.errors import UserError
-from tests.conftest import TINY, run_cli, sets
+from megadlm.rundir import best_checkpoint
+from tests.conftest import run_cli, train_records
 
 
 @pytest.mark.slow
-def test_demo_offline_trains_ar_and_mdm_and_writes_report(tmp_path):
+def test_the_demo_shows_ar_overfitting_and_mdm_not_for_two_seeds(tmp_path):
+    """The demo's own budget, as a user runs it (offline corpus), for two seeds: AR's validation turns
+    up, MDM's does not, each arm's best checkpoint is scored on held-out text, and it fits its time."""
     out = tmp_path / "demo"
-    overrides = [o for o in TINY if not o.startswith("data.val_max_samples")]
-    proc = run_cli("demo", "--offline", "--out", str(out), "--nproc", "2", "--epochs", "2",
-                   *sets(*overrides, "data.unique_tokens=4096", "data.val_max_samples=16"))
+    proc = run_cli("demo", "--offline", "--out", str(out), "--seeds", "1", "2", timeout=1800)
     assert "pydoc" in proc.stdout  # the offline corpus was used and named
-    png = out / "report.png"
-    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for objective in ("ar", "mdm"):
-        recs = [json.loads(x) for x in (out / objective / "metrics.jsonl").read_text().splitlines()]
-        val = [r for r in recs if r["kind"] == "val"]
-        assert [round(r["epoch"], 6) for r in val] == [1.0, 2.0]  # one validation per epoch
-        assert next(r for r in recs if r["kind"] == "start")["objective"] == objective
-        assert f"{objective} ({objective})" in proc.stdout  # its row in the printed table
+    seconds = float(re.search(r"\[demo\] finished in (\d+) s", proc.stdout).group(1))
+    assert seconds <= 600 * 2  # the demo (one seed) takes at most 10 minutes: two take at most twice that
+    for seed in (1, 2):
+        runs = out / "sweep" / "runs"
+        ar = [r["val_loss"] for r in train_records(runs / f"ar-seed{seed}", "val")]
+        mdm = [r["val_loss"] for r in train_records(runs / f"mdm-seed{seed}", "val")]
+        assert len(ar) == len(mdm) == 20  # every 4 epochs of 80
+        assert ar[-1] > 1.2 * min(ar), ar  # AR overfits: its validation loss has turned up by 20% or more
+        assert mdm[-1] <= 1.01 * min(mdm), mdm  # MDM does not: it ends within 1% of its best
+        for arm, val in (("ar", ar), ("mdm", mdm)):
+            run = runs / f"{arm}-seed{seed}"
+            best_path, mark = best_checkpoint(str(run))  # kept beyond keep_last=1 for the held-out score
+            val_records = train_records(run, "val")
+            assert mark["value"] == min(val) and mark["step"] == val_records[val.index(min(val))]["step"]
+            scored = json.loads((run / "eval" / "best" / "results.json").read_text())
+            assert scored["model"]["checkpoint"] == str(Path(best_path).resolve())
+            expected = "chain_rule" if arm == "mdm" else "autoregressive_exact"
+            assert scored["evaluator"]["estimator"] == expected
+    report = out / "report"
+    assert (report / "val_loss_0.png").stat().st_size > 10_000
+    arms = {a["arm"]: a for a in json.loads((report / "summary.json").read_text())["budgets"][0]["arms"]}
+    assert set(arms) == {"ar", "ar_tokdrop0.3", "mdm"} and arms["mdm"]["seeds"] == [1, 2]
+    assert arms["mdm"]["turned_up_at"] == [None, None] and None not in arms["ar"]["turned_up_at"]
+    assert "mdm (mdm, 2 seed(s)): validation never turned up" in proc.stdout
+    assert "ar (ar, 2 seed(s)): validation turned up in 2 of 2 seed(s)" in proc.stdout
+    assert proc.stdout.count("bits/byte (chain_rule)") == 1
+    assert proc.stdout.count("bits/byte (autoregressive_exact)") == 2
+
+
+def test_a_demo_directory_of_other_settings_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "sweep.yaml").write_text("# made by `megadlm demo`; corpus: another\nname: demo\n")
+    proc = run_cli("demo", "--offline", "--out", str(out), "--seeds", "3", check=False)
+    assert proc.returncode == 2 and "already holds a demo with other settings" in proc.stderr
+    assert (out / "sweep.yaml").read_text().endswith("name: demo\n")
+    assert not (out / "data").exists() and not (out / "sweep").exists()
 
 
 def _write_run(path, objective, val_losses):

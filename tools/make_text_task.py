@@ -14,44 +14,11 @@ context carried between documents, the way megadlm's validation loss is computed
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-TASK_YAML = """# Perplexity over {docs} consecutive {nbytes}-byte chunks of {source} \
-(made by tools/make_text_task.py).
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {jsonl}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: bits_per_byte
-  - metric: byte_perplexity
-  - metric: word_perplexity
-metadata:
-  version: 1.0
-"""
-
-
-def chunks(text: str, nbytes: int, count: int) -> list[str]:
-    """Consecutive pieces of at most `nbytes` UTF-8 bytes, cut between characters."""
-    out, start = [], 0
-    data = text.encode("utf-8")
-    while len(out) < count and start < len(data):
-        end = min(start + nbytes, len(data))
-        while end > start and end < len(data) and (data[end] & 0xC0) == 0x80:  # inside a character
-            end -= 1
-        out.append(data[start:end].decode("utf-8"))
-        start = end
-    return out
 
 
 def main() -> int:
@@ -64,31 +31,24 @@ def main() -> int:
     args = ap.parse_args()
 
     from megadlm.data.corpus import iter_documents
+    from megadlm.errors import UserError
+    from megadlm.evaluation.text_task import write_text_task
 
-    if args.docs < 1 or args.nbytes < 4:  # a chunk must hold any UTF-8 character (up to 4 bytes)
-        print(f"error: --docs must be >= 1 and --bytes >= 4 (got {args.docs} and {args.nbytes})",
-              file=sys.stderr)
-        return 2
     source = Path(args.text)
     if not source.is_file():
         print(f"error: {source} does not exist", file=sys.stderr)
         return 2
     text = "".join(doc.text for doc in iter_documents([source]))
-    docs = chunks(text, args.nbytes, args.docs)
-    if len(docs) < args.docs:
-        print(f"error: {source} holds only {len(docs)} chunks of {args.nbytes} bytes; ask for fewer --docs",
-              file=sys.stderr)
+    jsonl = Path(args.out) / f"{args.name}.jsonl"
+    try:
+        # lm-eval resolves data_files against the working directory, not the YAML's folder: the path
+        # is written as given (relative to where `megadlm eval` will run, e.g. the repo root)
+        task = write_text_task(text, args.name, args.docs, args.nbytes, args.out, source.name,
+                               jsonl_path=str(jsonl))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    jsonl = out / f"{args.name}.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    # lm-eval's json loader resolves data_files against the working directory, not the YAML's folder:
-    # the path is written as given (relative to where `megadlm eval` will run, e.g. the repo root)
-    (out / f"{args.name}.yaml").write_text(TASK_YAML.format(docs=args.docs, nbytes=args.nbytes,
-                                                            source=source.name, name=args.name,
-                                                            jsonl=str(jsonl)))
-    print(f"wrote {len(docs)} documents to {jsonl} and the task {args.name} to {out / (args.name + '.yaml')}")
+    print(f"wrote {args.docs} documents to {jsonl} and the task {args.name} to {task}")
     return 0
 
 

@@ -136,6 +136,10 @@ class CheckpointConfig:
     keep_last: int = 2  # newest complete checkpoints kept (0 = keep all)
     keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0 = none)
     save_final: bool = True
+    # "val_loss": also save at every validation that beats all earlier ones and keep that checkpoint
+    # beyond keep_last (marked "best" in its manifest), so an early-stopped model can be evaluated
+    # directly; "none": off.
+    keep_best: str = "none"
 
 
 @dataclass

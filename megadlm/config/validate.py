@@ -25,6 +25,7 @@ SHUFFLE_ALGOS = ("py1e", "py1br", "py1s", "py2s", "naive")
 WANDB_MODES = ("online", "offline", "disabled")
 # Skipping a NaN step needs an overflow-aware optimizer step; until then a NaN stops the run.
 ON_NAN = ("stop", "skip")
+KEEP_BEST = ("none", "val_loss")
 
 Report = Callable[[str], None]
 
@@ -318,6 +319,7 @@ def _check_logging(cfg: Config, report: Report) -> None:
     _at_least("checkpoint.interval", cfg.checkpoint.interval, 0, report)
     _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 0, report)
     _at_least("checkpoint.keep_every", cfg.checkpoint.keep_every, 0, report)
+    _choice("checkpoint.keep_best", cfg.checkpoint.keep_best, KEEP_BEST, report)
 
 
 def _tokenizer_name(manifest: dict) -> str:
@@ -331,6 +333,11 @@ def _tokenizer_name(manifest: dict) -> str:
 
 def _check_manifest(cfg: Config, manifest: dict, report: Report) -> None:
     where = cfg.data.path or "the data directory"
+    val = (manifest.get("splits") or {}).get("val") or {}
+    if cfg.checkpoint.keep_best == "val_loss" and not int(val.get("samples") or 0):
+        report(f"checkpoint.keep_best=val_loss needs a validation split, and {where} has none: prepare it "
+               f"with `megadlm prepare --val-fraction F` or `--val-input FILE`, or set "
+               f"checkpoint.keep_best=none")
     seq = manifest.get("seq_len")
     if seq is not None and cfg.data.seq_len != seq:
         report(

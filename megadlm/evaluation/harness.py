@@ -98,7 +98,7 @@ class MegadlmDiffusionLM(TemplateLM):
         """Log-likelihood of a request that already fits the model (see `_fit`)."""
         forward = self.lm.forward
         if self.estimator == "chain_rule":
-            return likelihood.chain_rule(forward, context, continuation, self.lm.mask_id)
+            return likelihood.chain_rule(forward, context, continuation, self.lm.mask_id, self.mc_batch_size)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         return likelihood.mc_elbo(forward, context, continuation, self.lm.mask_id, self.mc_num,
                                   self.mc_batch_size, generator)

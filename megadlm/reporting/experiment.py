@@ -90,6 +90,16 @@ def overfit_onset(val: list[dict], tolerance: float = OVERFIT_TOLERANCE) -> floa
     return best["epoch"] if val[-1]["val_loss"] > best["val_loss"] * (1 + tolerance) else None
 
 
+def turned_up_at(val: list[dict], tolerance: float = OVERFIT_TOLERANCE) -> float | None:
+    """The first epoch after the best at which the validation loss is more than `tolerance`
+    (relative) above the best; None when it never is."""
+    if not val:
+        return None
+    best = min(range(len(val)), key=lambda i: val[i]["val_loss"])
+    limit = val[best]["val_loss"] * (1 + tolerance)
+    return next((r["epoch"] for r in val[best + 1:] if r["val_loss"] > limit), None)
+
+
 def _budget_key(budget: dict) -> str:
     return json.dumps(budget, sort_keys=True)
 
@@ -113,7 +123,8 @@ def arm_rows(runs: list[Run]) -> list[dict]:
                      "best_epoch": _mean([b["epoch"] for b in bests]),
                      "final_val": _mean([r.val[-1]["val_loss"] for r in members]),
                      "final_epoch": _mean([r.val[-1]["epoch"] for r in members]),
-                     "overfit_onsets": onsets})
+                     "overfit_onsets": onsets,
+                     "turned_up_at": [turned_up_at(r.val) for r in members]})
     return rows
 
 
@@ -163,11 +174,14 @@ def _plot(runs: list[Run], out_png: Path, title: str) -> None:
         axes[0].plot(epochs, losses, color=color, lw=1.2, marker=".", label=label)
         if all(v["tokens"] is not None for v in run.val):
             axes[1].plot([v["tokens"] for v in run.val], losses, color=color, lw=1.2, label=label)
-        onset = overfit_onset(run.val)
-        if onset is not None:
-            axes[0].axvline(onset, color=color, ls=":", lw=0.8)
-    axes[0].set(title="validation loss vs epoch (dotted: overfitting onset)", xlabel="epoch",
-                ylabel="nats / token")
+        best = min(run.val, key=lambda v: v["val_loss"])
+        axes[0].plot([best["epoch"]], [best["val_loss"]], color=color, marker="*", ms=13, mec="black",
+                     mew=0.6)
+        turned = turned_up_at(run.val)
+        if turned is not None:
+            axes[0].axvline(turned, color=color, ls=":", lw=1.0)
+    axes[0].set(title="validation loss vs epoch (star: best; dotted: turned up, > "
+                      f"{OVERFIT_TOLERANCE:.1%} above the best)", xlabel="epoch", ylabel="nats / token")
     axes[1].set(title="validation loss vs tokens seen", xlabel="tokens", ylabel="nats / token")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -207,17 +221,19 @@ def write_experiment_report(paths: list[str], out_dir: str) -> str:
                   "",
                   f"![validation loss]({png.name})", "",
                   "| arm | objective | seeds | best val | spread | @epoch | final val | @epoch "
-                  "| overfitting onset (epoch, per seed) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| overfitting onset (epoch, per seed) | turned up at (epoch, per seed) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for a in sorted(arms, key=lambda r: r["best_val"]):
             onsets = ", ".join("none" if o is None else f"{o:.2f}" for o in a["overfit_onsets"])
+            turned = ", ".join("never" if o is None else f"{o:.2f}" for o in a["turned_up_at"])
             lines.append(f"| {a['arm']} | {a['objective']} | {len(a['seeds'])} | {_fmt(a['best_val'])} | "
                          f"{_fmt(a['best_val_spread'])} | {_fmt(a['best_epoch'], '.2f')} | "
                          f"{_fmt(a['final_val'])} | "
-                         f"{_fmt(a['final_epoch'], '.2f')} | {onsets} |")
+                         f"{_fmt(a['final_epoch'], '.2f')} | {onsets} | {turned} |")
         lines += ["", "Validation loss: AR = NLL per token; MDM = ELBO per token (an upper bound on its "
                       "NLL), in nats. Onset = epoch of the lowest validation loss when the last one is "
                       "more than "
+                      f"{OVERFIT_TOLERANCE:.1%} above it; turned up = the first later epoch more than "
                       f"{OVERFIT_TOLERANCE:.1%} above it.", ""]
         if evals:
             lines += ["Downstream (mean over the evaluated seeds; the estimator is part of each column):", "",
@@ -230,4 +246,44 @@ def write_experiment_report(paths: list[str], out_dir: str) -> str:
             lines.append("")
     (out / "summary.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return "\n".join(lines)
+
+
+def _bits_per_byte(evals: list[dict], arm: str, task: str) -> tuple[float | None, str]:
+    """An arm's mean bits/byte on `task` and its estimator, from eval_rows' columns."""
+    for row in evals:
+        if row["arm"] != arm:
+            continue
+        for column, value in row.items():
+            if column.startswith(f"{task}/bits_per_byte [") and value is not None:
+                return value, column.split("[", 1)[1].rstrip("]")
+    return None, ""
+
+
+def verdict_table(paths: list[str], task: str | None = None) -> str:
+    """Per arm, in words: whether and when validation turned up, the best and final validation loss
+    and (with `task`) the best checkpoint's held-out bits/byte on equal terms. Means over seeds."""
+    runs = collect(paths)
+    _, evals = eval_rows(runs)
+    lines = []
+    for row in arm_rows(runs):
+        seeds = len(row["seeds"])
+        up = [e for e in row["turned_up_at"] if e is not None]
+        rise = (row["final_val"] - row["best_val"]) / row["best_val"]
+        if up:
+            when = ", ".join(f"{e:g}" for e in up)
+            story = (f"validation turned up in {len(up)} of {seeds} seed(s), at epoch {when}, after its best "
+                     f"at epoch {row['best_epoch']:g}; by epoch {row['final_epoch']:g} it is {rise:+.1%} "
+                     f"above it")
+        else:
+            story = (f"validation never turned up: at epoch {row['final_epoch']:g} it is {rise:+.1%} from "
+                     f"its best (epoch {row['best_epoch']:g})")
+        lines.append(f"{row['arm']} ({row['objective']}, {seeds} seed(s)): {story}. "
+                     f"Best val {row['best_val']:.4f}, final {row['final_val']:.4f} nats/token.")
+        if task:
+            bpb, estimator = _bits_per_byte(evals, row["arm"], task)
+            if bpb is not None:
+                lines.append(f"    held-out {task}, best checkpoint: {bpb:.4f} bits/byte ({estimator})")
+    lines.append("Validation loss: AR = NLL, MDM = ELBO (an upper bound on its NLL). Held-out bits/byte: "
+                 "AR's exact NLL against MDM's exact left-to-right chain rule, on the same bytes.")
     return "\n".join(lines)

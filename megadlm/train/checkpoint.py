@@ -7,6 +7,9 @@ Layout of RUN_DIR/checkpoints/:
     .incomplete_step_00000200/ a save in progress (or one a crash interrupted); never loaded
     latest                     the newest complete tag, replaced atomically
 
+With checkpoint.keep_best one checkpoint's manifest carries a "best" mark (the metric, its value
+and the step): retention never prunes a marked checkpoint, and marking a new best unmarks the old.
+
 A save writes under the temporary name, every rank hashes a share of the files, rank 0 writes the
 manifest, renames the directory and only then moves `latest`. Loading verifies the manifest (sizes
 and checksums, hashed by all ranks) before DeepSpeed unpickles anything; a checkpoint that fails is
@@ -30,9 +33,9 @@ import torch.distributed as dist
 from megadlm.errors import CheckpointError, TrainingError
 from megadlm.parallel.dropout_streams import attention_dropout_stream
 from megadlm.preflight import RunFacts
-from megadlm.rundir import LATEST, checkpoint_root
+from megadlm.rundir import CHECKPOINT_MANIFEST, LATEST, best_checkpoint, checkpoint_root
 
-MANIFEST = "megadlm_manifest.json"
+MANIFEST = CHECKPOINT_MANIFEST
 INCOMPLETE = ".incomplete_"
 FORMAT_VERSION = 1
 
@@ -64,6 +67,13 @@ def latest_tag(run_dir: str) -> str | None:
         return None
     with open(path) as f:
         return f.read().strip() or None
+
+
+def best_mark(run_dir: str) -> dict | None:
+    """The "best" mark (metric, value, step) of the run's best checkpoint, the same on every rank
+    (rank 0 reads it), or None."""
+    found = best_checkpoint(run_dir) if _rank_world()[0] == 0 else None
+    return _from_rank0(found[1] if found else None)
 
 
 def has_checkpoints(run_dir: str) -> bool:
@@ -224,13 +234,33 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def write_manifest(directory: str, tag: str, train_state: dict, facts: dict, config: dict,
-                   sums: dict[str, str]) -> None:
+                   sums: dict[str, str], best: dict | None = None) -> None:
     manifest = {"format": FORMAT_VERSION, "tag": tag, "train_state": train_state, "facts": facts,
                 "world_size": _rank_world()[1], "config": config,
                 "files": {name: {"bytes": os.path.getsize(os.path.join(directory, name)),
                                  "sha256": sums[name]}
                           for name in sorted(sums)}}
+    if best is not None:
+        manifest["best"] = best
     _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
+
+
+def _read_manifest(directory: str) -> dict | None:
+    try:
+        with open(os.path.join(directory, MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _unmark_best(root: str, keep: str) -> None:
+    """Remove the "best" mark from every checkpoint but `keep` (the manifest is not covered by its
+    own checksums, so rewriting it leaves the checkpoint verifiable)."""
+    for name in sorted(os.listdir(root)):
+        directory = os.path.join(root, name)
+        manifest = _read_manifest(directory) if name.startswith("step_") and name != keep else None
+        if manifest and manifest.pop("best", None) is not None:
+            _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
 
 
 def hash_directory(directory: str) -> dict[str, str]:
@@ -240,8 +270,9 @@ def hash_directory(directory: str) -> dict[str, str]:
 
 
 def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: RunFacts,
-         resolved_config: dict, client_extra: dict | None = None) -> str:
-    """Collective. Returns the tag; `latest` names it only once it is complete and verified."""
+         resolved_config: dict, client_extra: dict | None = None, best: dict | None = None) -> str:
+    """Collective. Returns the tag; `latest` names it only once it is complete and verified.
+    `best` (metric, value, step) marks it as the run's best checkpoint, in place of the old one."""
     rank, _ = _rank_world()
     tag, root = tag_of(state.step), checkpoint_root(run_dir)
     work = os.path.join(root, INCOMPLETE + tag)
@@ -262,13 +293,15 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
     _barrier()
     sums = hash_directory(work)
     if rank == 0:
-        write_manifest(work, tag, asdict(state), asdict(facts), resolved_config, sums)
+        write_manifest(work, tag, asdict(state), asdict(facts), resolved_config, sums, best)
         final = os.path.join(root, tag)
         if os.path.exists(final):  # a complete save of this step that `latest` never named (a crash)
             shutil.rmtree(final)
         os.rename(work, final)
         _fsync_dir(root)
         _write_atomically(os.path.join(root, LATEST), tag)
+        if best is not None:  # only now: a crash before this point leaves the old best marked
+            _unmark_best(root, keep=tag)
         _prune(root, retention, keep=tag)
     _barrier()
     return tag
@@ -281,8 +314,11 @@ def _prune(root: str, retention: Retention, keep: str) -> None:
     for old in tags:
         step = int(old[len("step_"):])
         kept_forever = retention.keep_every > 0 and step % retention.keep_every == 0
-        if old != keep and old not in recent and not kept_forever:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        if old in recent or kept_forever or old == keep:
+            continue
+        if (_read_manifest(os.path.join(root, old)) or {}).get("best"):  # checkpoint.keep_best's
+            continue
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
 # ---------------------------------------------------------------- choose and load

@@ -3,6 +3,7 @@ records besides the engine (retention, the run's facts, the resolved config, Dee
 checkpoint info) and how a run resumes or rolls back. The file format is `checkpoint.py`'s."""
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,9 @@ def resume_point(run_dir: str, facts: RunFacts, resume: bool = True,
 
 class Checkpointer:
     """Saves at every `checkpoint.interval` steps and once at the end (when `save_final`, or when
-    the run stops before its last step so that it can resume), never twice for one step."""
+    the run stops before its last step so that it can resume), never twice for one step. With
+    `checkpoint.keep_best`, also at each validation that beats every earlier one (of this run
+    directory, across resumes): that checkpoint is marked best and outlives retention."""
 
     def __init__(self, run_dir: str, settings: CheckpointConfig, total_steps: int, epoch_samples: int,
                  facts: RunFacts, resolved_config: dict, is_main: bool):
@@ -65,6 +68,9 @@ class Checkpointer:
         self.is_main = is_main
         self.engine: Any = None
         self.client_extra: dict = {}
+        self.saved_step: int | None = None
+        # the best so far, as the run directory records it (a resumed run goes on from it)
+        self.best = ckpt.best_mark(run_dir) if settings.keep_best != "none" else None
 
     def bind(self, engine: Any, client_extra: dict | None = None) -> None:
         """The engine whose state is saved, and what else each checkpoint's client state holds."""
@@ -80,6 +86,8 @@ class Checkpointer:
         return state
 
     def due(self, step: int, final: bool = False) -> bool:
+        if step == self.saved_step:
+            return False
         if final:
             stopped_early = step < self.total_steps
             return ((self.settings.save_final or stopped_early)
@@ -90,8 +98,25 @@ class Checkpointer:
         """Save if due (a collective: every rank decides the same); returns the tag written."""
         if not self.due(state.step, final):
             return None
-        return ckpt.save(self.engine, self.run_dir, state, self.retention, self.facts, self.resolved_config,
-                         self.client_extra)
+        return self._save(state)
+
+    def after_validation(self, state: ckpt.TrainState, val_loss: float) -> str | None:
+        """checkpoint.keep_best: save and mark this step when its validation loss is the best yet
+        (a collective: the loss is reduced, so every rank decides the same); returns the tag."""
+        if self.settings.keep_best == "none" or not math.isfinite(val_loss):
+            return None
+        if self.best is not None and val_loss >= self.best["value"]:
+            return None
+        best = {"metric": self.settings.keep_best, "value": val_loss, "step": state.step}
+        tag = self._save(state, best)
+        self.best = best
+        return tag
+
+    def _save(self, state: ckpt.TrainState, best: dict | None = None) -> str:
+        tag = ckpt.save(self.engine, self.run_dir, state, self.retention, self.facts, self.resolved_config,
+                        self.client_extra, best=best)
+        self.saved_step = state.step
+        return tag
 
     def roll_back(self, state: ckpt.TrainState, error: DivergenceError, max_skips: int) -> ckpt.TrainState:
         """Restore the newest checkpoint (weights, optimizer, RNG) and mark the global batch that

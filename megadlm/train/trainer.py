@@ -189,6 +189,7 @@ class Loop:
             if self.validator.due(state.step):
                 self.watchdog.beat("validation")
                 last_val = self._validate(state)
+                self.checkpointer.after_validation(state, last_val["val_loss"])
             self.logger.progress(state.step, {"loss": record["loss"], "epoch": f"{record['epoch']:.2f}",
                                               "tok/s": record["tokens_per_s"],
                                               "val": last_val["val_loss"] if last_val else None})

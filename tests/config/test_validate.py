@@ -38,6 +38,7 @@ def test_defaults_and_tiny_are_valid():
         ({"model": {"activation_checkpointing": "selective"}}, ["activation_checkpointing", "none, full"]),
         ({"model": {"activation_checkpointing": -1}}, ["model.activation_checkpointing", "0 or more"]),
         ({"parallel": {"precision": "bf16", "zero_stage": 0}}, ["zero_stage=0 with bf16", "zero_stage=1"]),
+        ({"checkpoint": {"keep_best": "val_acc"}}, ["checkpoint.keep_best", "none, val_loss"]),
         ({"objective": {"type": "ar", "token_dropout": 1.5}}, ["objective.token_dropout", "[0, 1]"]),
         ({"objective": {"type": "ar", "token_dropout": "gaussian"}}, ["objective.token_dropout", "uniform"]),
         ({"objective": {"mlp_dropout": 1.0}}, ["objective.mlp_dropout", "[0, 1)"]),
@@ -230,6 +231,13 @@ def test_manifest_seq_len_mismatch():
 def test_manifest_vocab_too_small():
     msg = error_of(tiny(model={"vocab_size": 200}), manifest=MANIFEST)
     assert "model.vocab_size=200" in msg and "258" in msg and "bytes" in msg
+
+
+def test_keep_best_needs_a_validation_split():
+    keep_best = tiny(data={"path": "/data/x"}, checkpoint={"keep_best": "val_loss"})
+    msg = error_of(keep_best, manifest=MANIFEST)
+    assert "keep_best=val_loss needs a validation split" in msg and "/data/x" in msg and "--val-input" in msg
+    validate_config(keep_best, manifest=dict(MANIFEST, splits={"val": {"samples": 4}}))
 
 
 def test_manifest_mask_id_outside_vocab():

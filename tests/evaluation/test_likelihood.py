@@ -51,6 +51,20 @@ def test_exact_elbo_is_the_chain_rule_averaged_over_all_orders():
     assert abs(L.chain_rule(model, PROMPT, CONT, MASK) - left_to_right) < 1e-12
 
 
+def test_the_chain_rule_batches_its_rows_and_scores_what_one_row_per_pass_scores():
+    model = TinyBidirectional()
+    cont = [4, 0, 7, 5, 1, 8, 2]
+    one_per_pass = chain_rule_in_order(model, PROMPT, cont, range(len(cont)))
+    for batch_size, passes in ((1, 7), (3, 3), (32, 1)):
+        model.seen.clear()
+        assert abs(L.chain_rule(model, PROMPT, cont, MASK, batch_size) - one_per_pass) < 1e-9
+        assert len(model.seen) == passes
+        # row i of the passes reveals exactly the continuation's first i tokens
+        rows = torch.cat(model.seen)
+        assert [int((r[len(PROMPT):] != MASK).sum()) for r in rows] == list(range(len(cont)))
+        assert all(r[:len(PROMPT)].tolist() == PROMPT for r in rows)
+
+
 def test_mc_elbo_error_shrinks_as_mc_num_grows():
     model = TinyBidirectional()
     exact = L.exact_elbo(model, PROMPT, CONT, MASK)

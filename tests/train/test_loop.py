@@ -14,7 +14,7 @@ import torch
 from megadlm.config.schema import Config
 from megadlm.errors import DivergenceError
 from megadlm.preflight import RunFacts
-from megadlm.rundir import read_metrics
+from megadlm.rundir import best_checkpoint, read_metrics
 from megadlm.train.checkpoint import TrainState
 from megadlm.train.checkpointing import Checkpointer
 from megadlm.train.metrics import MetricsLogger, StepMetrics
@@ -44,11 +44,12 @@ class FakeEngine:
 class FakeRunner:
     """Loss 1/step; `on_step(step)` lets a test act at a step (touch STOP, diverge)."""
 
-    def __init__(self, on_step=None):
+    def __init__(self, on_step=None, val_losses=()):
         self.engine = FakeEngine()
         self.on_step = on_step or (lambda step, batches: None)
         self.steps: list[int] = []
         self.evaluations = 0
+        self.val_losses = list(val_losses)  # the validation loss of each evaluation (default 2.0)
 
     def train_step(self, batches, step):
         self.on_step(step, batches)
@@ -57,7 +58,8 @@ class FakeRunner:
 
     def evaluate(self, batches):
         self.evaluations += 1
-        return EvalSums(weighted=2.0 * len(batches), tokens=float(len(batches)), masked_ce_sum=0.0,
+        loss = self.val_losses[self.evaluations - 1] if self.val_losses else 2.0
+        return EvalSums(weighted=loss * len(batches), tokens=float(len(batches)), masked_ce_sum=0.0,
                         masked_count=0.0)
 
 
@@ -233,3 +235,50 @@ def test_only_the_rank_that_reads_the_stop_file_sees_it(tmp_path):
     finally:
         reader.close()
         other.close()
+
+
+CURVE = [3.0, 2.0, 2.5, 1.5, 1.8, 1.9, 2.0]  # one validation per step: the best is step 4's
+
+
+def checkpoint_dirs(tmp_path):
+    return sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+
+
+def test_keep_best_saves_each_new_best_and_keeps_it_beyond_retention(tmp_path):
+    _, runner, _ = run_loop(tmp_path, runner=FakeRunner(val_losses=CURVE), logging__eval_interval=1,
+                            checkpoint__keep_best="val_loss", checkpoint__keep_last=1)
+    assert [t[-2:] for t in runner.engine.saved] == ["01", "02", "04", "07"]  # new bests, then the end
+    assert checkpoint_dirs(tmp_path) == ["step_00000004", "step_00000007"]  # keep_last=1, plus the best
+    path, mark = best_checkpoint(str(tmp_path / "run"))
+    assert path.endswith("step_00000004") and mark == {"metric": "val_loss", "value": 1.5, "step": 4}
+    manifest = json.loads((tmp_path / "run" / "checkpoints" / "step_00000007" / "megadlm_manifest.json")
+                          .read_text())
+    assert "best" not in manifest  # only the best is marked
+
+
+def test_keep_best_and_the_interval_never_save_one_step_twice(tmp_path):
+    _, runner, _ = run_loop(tmp_path, runner=FakeRunner(val_losses=CURVE), logging__eval_interval=1,
+                            checkpoint__keep_best="val_loss", checkpoint__interval=2, checkpoint__keep_last=1)
+    assert [t[-2:] for t in runner.engine.saved] == ["01", "02", "04", "06", "07"]
+    assert checkpoint_dirs(tmp_path) == ["step_00000004", "step_00000007"]
+
+
+def test_without_keep_best_a_best_is_neither_saved_nor_kept(tmp_path):
+    _, runner, _ = run_loop(tmp_path, runner=FakeRunner(val_losses=CURVE), logging__eval_interval=1,
+                            checkpoint__keep_last=1)
+    assert [t[-2:] for t in runner.engine.saved] == ["07"]
+    assert best_checkpoint(str(tmp_path / "run")) is None
+
+
+def test_a_resumed_run_only_replaces_the_best_with_a_better_one(tmp_path):
+    run_loop(tmp_path, runner=FakeRunner(val_losses=CURVE[:4]), total_steps=7, run__stop_at_step=4,
+             logging__eval_interval=1, checkpoint__keep_best="val_loss", checkpoint__keep_last=1)
+    # the second attempt's validations (steps 5-7) are all worse than step 4's 1.5, but for the last
+    _, runner, _ = run_loop(tmp_path, runner=FakeRunner(val_losses=[1.6, 1.7, 1.4]),
+                            state=TrainState(step=4, consumed_samples=16, tokens_seen=128),
+                            logging__eval_interval=1, checkpoint__keep_best="val_loss",
+                            checkpoint__keep_last=1)
+    assert [t[-2:] for t in runner.engine.saved] == ["07"]
+    path, mark = best_checkpoint(str(tmp_path / "run"))
+    assert path.endswith("step_00000007") and mark["value"] == 1.4
+    assert checkpoint_dirs(tmp_path) == ["step_00000007"]
