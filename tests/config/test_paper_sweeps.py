@@ -1,5 +1,6 @@
 """The paper-grid sweep files stay runnable: every point is a valid config for its layout, fits 8x80 GB
 nodes by `megadlm plan`, and all arms share one data budget."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,28 @@ def test_the_cpu_scale_sweeps_are_valid_and_train_on_the_same_token_count(name):
     assert {n: t for n, t in total_tokens.items() if not n.startswith("mdm_240ep")} \
         == dict.fromkeys([n for n in total_tokens if not n.startswith("mdm_240ep")], 65536 * 60)
     assert all(t == 4 * 65536 * 60 for n, t in total_tokens.items() if n.startswith("mdm_240ep"))
+
+
+def _parameters(cfg) -> int:
+    from megadlm.plan import stage_parameters
+
+    return sum(p.numel for stage in stage_parameters(cfg, 258, 1, 1) for p in stage)
+
+
+def test_the_crossover_sweeps_are_valid_and_the_larger_model_has_about_4x_the_parameters():
+    configs = {}
+    for name in ("cpu_repro_crossover", "cpu_repro_crossover_seed2", "cpu_repro_crossover_ar"):
+        grid = load_grid(str(SWEEPS[0].parent / f"{name}.yaml"))
+        res = _resources(grid)
+        for p in expand(grid):
+            cfg = load_config(grid["base"], p["overrides"])
+            validate_config(cfg, world_size=res.world_size)
+            assert cfg.data.unique_tokens == 16384 and cfg.checkpoint.keep_best == "val_loss"
+            configs[f"{name}/{p['name']}"] = cfg
+    ratio = (_parameters(configs["cpu_repro_crossover/mdm_4x-seed1"])
+             / _parameters(configs["cpu_repro_crossover/mdm_960ep-seed1"]))
+    assert 3.5 < ratio < 4.5, ratio
+    # the second seed is the same run but for its seed
+    one = configs["cpu_repro_crossover/mdm_960ep-seed1"]
+    two = configs["cpu_repro_crossover_seed2/mdm_960ep-seed2"]
+    assert two.run.seed == 2 and dataclasses.replace(two, run=one.run) == one

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from megadlm.rundir import read_metrics
 from tests.conftest import TINY, read_jsonl, run_cli, sets, snapshot, train_records
 from tests.slurm.conftest import HERE, job_fields, submitted_job_id, wait_for
 
@@ -47,33 +48,36 @@ def test_two_nodes_two_ranks_each_match_torchrun(slurm_cluster, tiny_data, tmp_p
     assert max(abs(a - b) for (_, a), (_, b) in zip(ours, reference)) <= 1e-6
 
 
-@pytest.mark.parametrize("signal", [
-    "USR1",  # what --signal=B:USR1@margin sends before the time limit, delivered now
-    "TERM",  # a SIGTERM to the job script (e.g. `scancel --signal=TERM --batch` by an operator)
-])
-def test_signal_checkpoints_requeues_and_resumes_bit_identically(slurm_cluster, tiny_data, tmp_path, signal):
-    args = sets(*TINY, f"data.path={tiny_data}", "schedule.max_steps=60", "checkpoint.interval=1000")
+def test_each_signal_checkpoints_requeues_and_the_run_resumes_bit_identically(slurm_cluster, tiny_data,
+                                                                              tmp_path):
+    """One job gets both signals, one per attempt: USR1 (what --signal=B:USR1@margin sends before the
+    time limit, delivered now), then, once requeued, TERM (e.g. `scancel --signal=TERM --batch` by an
+    operator). Each attempt checkpoints, exits 75 and is requeued; the run ends as if never stopped."""
+    args = sets(*TINY, f"data.path={tiny_data}", "schedule.max_steps=60", "checkpoint.interval=1000",
+                "checkpoint.keep_last=0")
     run_dir = tmp_path / "slurm"
     proc = run_cli("submit", "tiny_ar", *args, "--nodes", "1", "--procs-per-node", "2", "--time", "10",
                    "--run-dir", str(run_dir))
     job_id = submitted_job_id(proc.stdout)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # signal once the run is a few steps in
-        if (run_dir / "metrics.jsonl").exists() and any(r["kind"] == "train" and r["step"] >= 3
-                                                        for r in read_jsonl(run_dir / "metrics.jsonl")):
-            break
-        time.sleep(0.2)
-    subprocess.run(["scancel", f"--signal={signal}", "--batch", job_id], check=True)
+    for restart, signal in enumerate(("USR1", "TERM")):
+        deadline = time.time() + 300
+        while time.time() < deadline:  # signal once this attempt is a few steps in
+            records = read_metrics(str(run_dir), partial_ok=True)  # being appended to right now
+            if sum(r["kind"] == "train" and r["restarts"] == restart for r in records) >= 3:
+                break
+            time.sleep(0.2)
+        subprocess.run(["scancel", f"--signal={signal}", "--batch", job_id], check=True)
     (job,) = wait_for(job_id)
     text = log_of(job)
-    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", text
-    assert f"got {signal}" in text and "requeueing (restart 1 of at most 5)" in text
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "2", text
+    assert "got USR1" in text and "got TERM" in text
+    assert "requeueing (restart 1 of at most 5)" in text and "requeueing (restart 2 of at most 5)" in text
     # torchrun's failure report for the intended exit 75 is followed by a line that says so
-    assert text.index("megadlm: the run stopped on request") > text.rfind("ChildFailedError"), text
+    assert text.index("megadlm: the run stopped on request") > text.find("ChildFailedError"), text
     records = train_records(run_dir)
-    interrupted_at = max(r["step"] for r in records if r["restarts"] == 0)
-    assert 3 <= interrupted_at < 60 and records[-1]["restarts"] == 1
-    assert (run_dir / "checkpoints" / f"step_{interrupted_at:08d}").is_dir()
+    stops = [max(r["step"] for r in records if r["restarts"] == k) for k in (0, 1)]
+    assert 3 <= stops[0] < stops[1] < 60 and records[-1]["restarts"] == 2
+    assert all((run_dir / "checkpoints" / f"step_{s:08d}").is_dir() for s in stops)
 
     run_cli("train", "tiny_ar", *args, "--run-dir", str(tmp_path / "reference"), nproc=2)
     assert losses(run_dir) == losses(tmp_path / "reference")  # bit-identical, every step once
