@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from megadlm.config.loader import CONFIG_DIR, find_config, load_config
-from megadlm.data.corpus import demo_corpus, iter_documents
+from megadlm.data.corpus import demo_corpus
+from megadlm.data.inputs import iter_documents
 from megadlm.data.manifest import load_manifest
 from megadlm.data.prepare import prepare
 from megadlm.errors import UserError

@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="directory for NAME.yaml and NAME.jsonl")
     args = ap.parse_args()
 
-    from megadlm.data.corpus import iter_documents
+    from megadlm.data.inputs import iter_documents
     from megadlm.errors import UserError
     from megadlm.evaluation.text_task import write_text_task
 

@@ -12,7 +12,12 @@ from typing import Any
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="text/markdown files (one document each), JSONL/JSON (\"text\" field) or "
-                             "parquet (\"text\" column) files, or directories searched recursively for them")
+                             "parquet (\"text\" column) files, text and JSON also compressed (.gz, .zst, "
+                             ".bz2, .xz: read streaming), directories searched recursively for them, quoted "
+                             "glob patterns ('data/**/*.jsonl.zst') and Hugging Face datasets saved with "
+                             "save_to_disk")
+    parser.add_argument("--text-field", default="text", metavar="NAME",
+                        help="the JSON field / parquet or dataset column holding the text (default text)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output directory (shards + manifest.json)")
     parser.add_argument("--tokenizer", default="bytes", metavar="bytes|PATH",
@@ -52,7 +57,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         inputs=args.input, out=args.out, tokenizer=args.tokenizer, seq_len=args.seq_len,
         val_fraction=args.val_fraction, val_inputs=args.val_input, max_tokens=args.max_tokens,
         train_bpe=args.train_bpe, progress=not args.no_progress, overwrite=args.overwrite,
-        skip_bad_documents=args.skip_bad_documents)
+        skip_bad_documents=args.skip_bad_documents, text_field=args.text_field)
     tok = manifest["tokenizer"]
     skipped = ""
     if args.skip_bad_documents:  # shown even when 0: the user asked, so tell them how many there were

@@ -42,7 +42,8 @@ def tokenizer_entry(tok: TokenizerIdentity, file: str | None) -> dict[str, Any]:
 def build_manifest(*, tok: TokenizerIdentity, tok_file: str | None, seq_len: int, dtype: str,
                    splits: Mapping[str, Any], train_files: Sequence[Path], val_files: Sequence[Path],
                    val_method: str, val_fraction: float, max_tokens: int | None, skip_bad_documents: bool,
-                   skipped_documents: int, skipped_details: Mapping[str, Any]) -> dict[str, Any]:
+                   skipped_documents: int, skipped_details: Mapping[str, Any],
+                   text_field: str = "text") -> dict[str, Any]:
     """The manifest dict that `megadlm prepare` writes as manifest.json."""
     return {
         "format": FORMAT,
@@ -59,6 +60,7 @@ def build_manifest(*, tok: TokenizerIdentity, tok_file: str | None, seq_len: int
         "max_tokens": max_tokens,
         "inputs": [str(f.absolute()) for f in train_files],
         "val_inputs": [str(f.absolute()) for f in val_files],
+        "text_field": text_field,  # the JSON field / column the documents were read from
         "skip_bad_documents": skip_bad_documents,
         # Undecodable documents left out (only ever non-zero with skip_bad_documents), over all inputs;
         # the details give, per file, its count and the locations of its first few.

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from megadlm.data.corpus import (
+from megadlm.data.inputs import (
+    COMPRESSIONS,
     SUPPORTED_SUFFIXES,
     Document,
     SkippedDocuments,
@@ -306,10 +307,11 @@ def _skip_note(skipped: SkippedDocuments) -> str:
 def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: int = 128,
             val_fraction: float = 0.0, val_inputs: Sequence[str] = (), max_tokens: int | None = None,
             train_bpe: int | None = None, progress: bool = True, overwrite: bool = False,
-            skip_bad_documents: bool = False) -> dict[str, Any]:
+            skip_bad_documents: bool = False, text_field: str = "text") -> dict[str, Any]:
     """Tokenize and pack `inputs` into MDS shards under `out`; returns the manifest (see module doc).
 
     `skip_bad_documents`: leave out (and count) undecodable documents instead of stopping at the first.
+    `text_field`: the JSON field / parquet or dataset column that holds each document's text.
     """
     # A lone path would otherwise be iterated character by character.
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -329,15 +331,16 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
     # error comes before anything is written; the later passes skip the same documents uncounted.
     skipped = SkippedDocuments()
     sizes = [len(d.text.encode("utf-8"))
-             for d in iter_documents(train_files, skip_bad_documents, on_skip=skipped.add)]
+             for d in iter_documents(train_files, skip_bad_documents, skipped.add, text_field)]
     if not sizes:
         raise DataError(f"empty corpus: no non-empty documents in {', '.join(map(str, inputs))} "
-                        f"(supported in directories: {', '.join(SUPPORTED_SUFFIXES)}){_skip_note(skipped)}")
-    n_val_docs = sum(1 for _ in iter_documents(val_files, skip_bad_documents, on_skip=skipped.add))
+                        f"(supported in directories: {', '.join(SUPPORTED_SUFFIXES)}, text and JSON also "
+                        f"compressed as {', '.join(COMPRESSIONS)}){_skip_note(skipped)}")
+    n_val_docs = sum(1 for _ in iter_documents(val_files, skip_bad_documents, skipped.add, text_field))
     if val_files and n_val_docs == 0:
         raise DataError(f"no non-empty documents in --val-input {', '.join(map(str, val_inputs))}"
                         f"{_skip_note(skipped)}")
-    read: ReadDocuments = partial(iter_documents, skip_bad=skip_bad_documents)
+    read: ReadDocuments = partial(iter_documents, skip_bad=skip_bad_documents, text_field=text_field)
     val_ids = select_val_documents(sizes, val_fraction)
     tail_fraction = val_fraction if (val_fraction > 0 and len(sizes) == 1) else 0.0
     want_val = bool(val_files) or val_fraction > 0
@@ -357,7 +360,7 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
         manifest = build_manifest(
             tok=tok, tok_file=tok_file, seq_len=seq_len, dtype=dtype, splits=splits, train_files=train_files,
             val_files=val_files, val_method=val_method, val_fraction=val_fraction, max_tokens=max_tokens,
-            skip_bad_documents=skip_bad_documents, skipped_documents=skipped.total,
+            skip_bad_documents=skip_bad_documents, skipped_documents=skipped.total, text_field=text_field,
             skipped_details=skipped.details())
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _install(tmp, out_path, overwrite)
