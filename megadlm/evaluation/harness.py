@@ -4,8 +4,10 @@ ELBO and sampled by iterative unmasking.
     lm_eval --model megadlm_mdm --model_args pretrained=DIR,mc_num=128 --tasks ...   (after importing
     megadlm.evaluation.harness) or `megadlm eval`, which registers it.
 
-Every estimate is seeded per request (seed, request index), so a score does not depend on batch
-composition or request order and reruns are identical.
+Every estimate is seeded by the request's content (run seed, context tokens), so a score does not
+depend on task order, task mix, --limit or batch composition, and reruns are identical. The choices
+of one question share a context, hence their random masks (common random numbers): the noise of the
+estimates cancels in the comparison that decides the accuracy.
 """
 from __future__ import annotations
 
@@ -94,40 +96,40 @@ class MegadlmDiffusionLM(TemplateLM):
             continuation = continuation[over - dropped_from_context:]
         return context, continuation
 
-    def _score(self, index: int, context: list[int], continuation: list[int]) -> float:
-        """Log-likelihood of a request that already fits the model (see `_fit`)."""
+    def _score(self, context: list[int], continuation: list[int], shared: bool = True) -> float:
+        """Log-likelihood of a request that already fits the model (see `_fit`). `shared`: seeded by
+        the context alone, so every continuation of one context draws the same random numbers;
+        otherwise by both (rolling windows: distinct documents must not share their noise)."""
         forward = self.lm.forward
         if self.estimator == "chain_rule":
             return likelihood.chain_rule(forward, context, continuation, self.lm.mask_id, self.mc_batch_size)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        seed = likelihood.content_seed(self.seed, context, *([] if shared else [continuation]))
+        generator = torch.Generator().manual_seed(seed)
         return likelihood.mc_elbo(forward, context, continuation, self.lm.mask_id, self.mc_num,
                                   self.mc_batch_size, generator)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
                               **kwargs) -> list[tuple[float, bool]]:
         out = []
-        for index, (_, context, continuation) in enumerate(tqdm(requests, desc="MDM loglikelihood",
-                                                                disable=disable_tqdm)):
+        for _, context, continuation in tqdm(requests, desc="MDM loglikelihood", disable=disable_tqdm):
             context, continuation = self._fit(context, continuation)
-            score = self._score(index, context, continuation)
+            score = self._score(context, continuation)
             greedy = likelihood.is_greedy(self.lm.forward, context, continuation, self.lm.mask_id)
             out.append((score, greedy))
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
-        for index, request in enumerate(tqdm(requests, desc="MDM rolling loglikelihood",
-                                             disable=disable_tqdm)):
+        for request in tqdm(requests, desc="MDM rolling loglikelihood", disable=disable_tqdm):
             (text,) = request.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 self.tok_encode(text), prefix_token=self.prefix_token_id,
                 max_seq_len=self.max_length - 1, context_len=1)]  # no shift: context + window <= max_length
-            out.append(sum(self._score(index * 100_003 + i, ctx, cont)
-                           for i, (ctx, cont) in enumerate(windows)))
+            out.append(sum(self._score(ctx, cont, shared=False) for ctx, cont in windows))
         return out
 
     # --- generation -------------------------------------------------------------------------------
-    def generate(self, prompt: str, gen_length: int | None = None, index: int = 0) -> str:
+    def generate(self, prompt: str, gen_length: int | None = None) -> str:
         gen_length = gen_length or self.gen_length
         if gen_length >= self.max_length:
             raise EvalError(f"cannot generate {gen_length} tokens with a {self.max_length}-position model")
@@ -135,7 +137,7 @@ class MegadlmDiffusionLM(TemplateLM):
         block = self.block_length if gen_length == self.gen_length else gen_length
         ids = self.tok_encode(prompt) or [self.prefix_token_id]
         ids = ids[-max(1, self.max_length - gen_length):]
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        generator = torch.Generator().manual_seed(likelihood.content_seed(self.seed, ids))
         new = diffusion_generate(self.lm.forward, ids, self.lm.mask_id, gen_length, steps, block,
                                  self.temperature, self.remasking, self.lm.banned_ids, generator)
         if self.lm.eos_id in new:
@@ -144,13 +146,13 @@ class MegadlmDiffusionLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out = []
-        for index, request in enumerate(tqdm(requests, desc="MDM generate", disable=disable_tqdm)):
+        for request in tqdm(requests, desc="MDM generate", disable=disable_tqdm):
             context, gen_kwargs = request.args
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             wanted = int(gen_kwargs.get("max_gen_toks", self.gen_length))
             gen_length = min(self.gen_length, wanted)
-            text = self.generate(context, gen_length, index)
+            text = self.generate(context, gen_length)
             for stop in until:
                 if stop and stop in text:
                     text = text[:text.index(stop)]

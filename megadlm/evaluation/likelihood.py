@@ -14,6 +14,7 @@ All estimators return log-likelihoods (higher is better), in nats.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -111,10 +112,34 @@ def exact_elbo(forward: Forward, prompt: Sequence[int], continuation: Sequence[i
 
 
 def is_greedy(forward: Forward, prompt: Sequence[int], continuation: Sequence[int], mask_id: int) -> bool:
-    """Whether the continuation is the argmax at every position when all of it is masked."""
+    """LLaDA's suffix-greedy rule: from the fully masked continuation, reveal one position per forward
+    pass, the masked position the model is most confident about, with its argmax token (never
+    [MASK]); the continuation is greedy when that decode reproduces it. This is what the sampler does
+    at temperature 0 with one token per step, so its greedy output always passes. A revealed token is
+    never changed again, so the first wrong one decides (fewer passes than tokens)."""
     if not continuation:
         return True
     p = len(prompt)
+    target = torch.tensor(list(continuation), dtype=torch.long)
     x = torch.tensor([[*prompt, *([mask_id] * len(continuation))]], dtype=torch.long)
-    best = forward(x)[0, p:p + len(continuation)].argmax(dim=-1)
-    return bool((best == torch.tensor(continuation)).all())
+    for _ in range(len(continuation)):
+        masked = (x[0, p:] == mask_id).nonzero().squeeze(-1)
+        logits = forward(x)[0, p + masked].double()
+        logits[:, mask_id] = float("-inf")
+        confidence, token = torch.softmax(logits, dim=-1).max(dim=-1)
+        best = int(confidence.argmax())
+        position = int(masked[best])
+        if int(token[best]) != int(target[position]):
+            return False
+        x[0, p + position] = token[best]
+    return True
+
+
+def content_seed(seed: int, *token_lists: Sequence[int]) -> int:
+    """A seed from the run seed and token sequences (sha256): a request's random numbers then depend on
+    what it is, not on where it sits in the request list, so its score is the same whatever the task
+    order, task mix, --limit or sharding over ranks."""
+    digest = hashlib.sha256(str(int(seed)).encode())
+    for tokens in token_lists:
+        digest.update(b"|" + ",".join(str(int(t)) for t in tokens).encode())
+    return int.from_bytes(digest.digest()[:8], "little") >> 1  # torch seeds are < 2**63

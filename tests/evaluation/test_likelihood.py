@@ -115,3 +115,39 @@ def test_a_model_that_ignores_its_input_has_its_true_likelihood_as_elbo():
     assert abs(L.mc_elbo(constant, PROMPT, CONT, MASK, mc_num=4096, batch_size=4096) - truth) < 0.2
     assert abs(L.exact_elbo(constant, PROMPT, CONT, MASK) - truth) < 1e-5
     assert math.isclose(L.chain_rule(constant, PROMPT, CONT, MASK), truth, rel_tol=1e-6)
+
+
+def test_greedy_follows_llada_suffix_rule_where_the_all_masked_argmax_disagrees():
+    """Continuation [4, 5]: with both positions masked the model is sure of position 0 (token 4) and
+    unsure of position 1 (argmax 6); once 4 is revealed it predicts 5 there. LLaDA's rule reveals the
+    confident position first, so [4, 5] is its greedy decode; the one-shot argmax would say [4, 6]."""
+    def forward(ids):
+        logits = torch.zeros(ids.size(0), ids.size(1), VOCAB)
+        p = len(PROMPT)
+        logits[:, p, 4] = 5.0  # position 0: token 4, confidently
+        second = 5 if int(ids[0, p]) == 4 else 6
+        logits[:, p + 1, second] = 1.0  # position 1: weakly, and it depends on position 0
+        logits[:, :, MASK] = 50.0  # the model likes [MASK] best everywhere: never a valid answer
+        return logits
+
+    all_masked = forward(torch.tensor([[*PROMPT, MASK, MASK]]))[0, len(PROMPT):]
+    all_masked[:, MASK] = float("-inf")
+    assert all_masked.argmax(-1).tolist() == [4, 6]  # what the old one-shot rule compared with
+    assert L.is_greedy(forward, PROMPT, [4, 5], MASK)
+    assert not L.is_greedy(forward, PROMPT, [4, 6], MASK) and not L.is_greedy(forward, PROMPT, [3, 5], MASK)
+
+
+def test_the_samplers_greedy_output_is_greedy():
+    from megadlm.evaluation.sampler import diffusion_generate
+
+    model = TinyBidirectional(seed=3)
+    for prompt in ([1, 2, 3], [7], [0, 8, 2, 2]):
+        new = diffusion_generate(model, prompt, MASK, gen_length=5, steps=5, block_length=5)
+        assert L.is_greedy(model, prompt, new, MASK), (prompt, new)
+
+
+def test_content_seeds_depend_on_the_tokens_and_the_seed_only():
+    assert L.content_seed(1, [1, 2], [3]) == L.content_seed(1, [1, 2], [3])
+    assert len({L.content_seed(1, [1, 2], [3]), L.content_seed(2, [1, 2], [3]),
+                L.content_seed(1, [1, 2, 3]), L.content_seed(1, [12], [3])}) == 4
+    assert 0 <= L.content_seed(1, [5]) < 2 ** 63
