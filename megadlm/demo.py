@@ -143,7 +143,7 @@ def run_demo(out: str = "runs/demo", nproc: int = 1, offline: bool = False, epoc
         print(f"[demo] training failed for {', '.join(failed)}: see `megadlm status {result['sweep_dir']}`")
         return 1
     print(f"[demo] trained {len(result['points'])} runs in {time.time() - t0:.0f} s -> {result['sweep_dir']}")
-    parallel = parallel or int(yaml.safe_load(Path(sweep_file).read_text()).get("max_parallel") or 1)
+    parallel = parallel or int(grid.get("max_parallel") or 1)
     failed = _evaluate_best(result["points"], tasks_dir, result["sweep_dir"], parallel)
     if failed:
         print(f"[demo] evaluation failed for {', '.join(failed)}")
