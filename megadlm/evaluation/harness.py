@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from megadlm.evaluation import likelihood
 from megadlm.evaluation.models import EvalError, load_diffusion_model, resolve_hf_dir
-from megadlm.evaluation.sampler import check_schedule, diffusion_generate
+from megadlm.evaluation.sampler import check_schedule, diffusion_generate, scaled_schedule
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class MegadlmDiffusionLM(TemplateLM):
         self.block_length = int(block_length or self.gen_length)
         self.temperature, self.remasking = float(temperature), remasking
         check_schedule(self.gen_length, self.steps, self.block_length, remasking)
+        self.schedules_run: set[tuple[int, int, int]] = set()  # (gen_length, steps, block_length)
         if self.gen_length >= self.max_length:
             raise EvalError(f"gen_length {self.gen_length} leaves no room for a prompt in the model's "
                             f"{self.max_length} positions: use at most {self.max_length - 1}")
@@ -133,8 +134,9 @@ class MegadlmDiffusionLM(TemplateLM):
         gen_length = gen_length or self.gen_length
         if gen_length >= self.max_length:
             raise EvalError(f"cannot generate {gen_length} tokens with a {self.max_length}-position model")
-        steps = self.steps if gen_length == self.gen_length else gen_length
-        block = self.block_length if gen_length == self.gen_length else gen_length
+        # a shorter generation keeps the configured tokens per step (the results file records it)
+        steps, block = scaled_schedule(self.gen_length, self.steps, self.block_length, gen_length)
+        self.schedules_run.add((gen_length, steps, block))
         ids = self.tok_encode(prompt) or [self.prefix_token_id]
         ids = ids[-max(1, self.max_length - gen_length):]
         generator = torch.Generator().manual_seed(likelihood.content_seed(self.seed, ids))

@@ -85,6 +85,9 @@ def run_eval(req: EvalRequest) -> dict:
                                   random_seed=req.seed, numpy_random_seed=req.seed,
                                   torch_random_seed=req.seed, fewshot_random_seed=req.seed, log_samples=False,
                                   bootstrap_iters=1000)
+    if getattr(model, "schedules_run", None):  # what generate_until actually ran, per length
+        estimator["schedules_run"] = [dict(zip(("gen_length", "steps", "block_length"), s))
+                                      for s in sorted(model.schedules_run)]
     record = {
         "model": source, "objective": objective_of(hf_dir), "evaluator": estimator,
         "tasks": results["results"], "n_samples": results.get("n-samples", {}),

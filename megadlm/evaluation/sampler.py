@@ -41,6 +41,17 @@ def check_schedule(gen_length: int, steps: int, block_length: int, remasking: st
         raise UserError("bad sampling schedule: " + "; ".join(problems))
 
 
+def scaled_schedule(gen_length: int, steps: int, block_length: int, new_length: int) -> tuple[int, int]:
+    """(steps, block_length) for a generation of `new_length` tokens instead of `gen_length` (a task's
+    max_gen_toks below --gen-length): as many tokens per step as the configured schedule, to the
+    nearest whole step, and the same block length where it divides `new_length` (else one block)."""
+    if new_length == gen_length:
+        return steps, block_length
+    block = block_length if new_length % block_length == 0 else new_length
+    per_block = max(1, min(block, round(steps / gen_length * block)))
+    return per_block * (new_length // block), block
+
+
 @torch.no_grad()
 def diffusion_generate(forward: Forward, prompt: Sequence[int], mask_id: int, gen_length: int,
                        steps: int | None = None, block_length: int | None = None, temperature: float = 0.0,

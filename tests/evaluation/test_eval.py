@@ -43,6 +43,7 @@ def test_mdm_checkpoint_eval_records_estimator_and_is_reproducible(trained, loca
     assert record["objective"] == "mdm"
     ev = record["evaluator"]
     assert (ev["model_type"], ev["estimator"], ev["mc_num"], ev["seed"]) == ("megadlm_mdm", "mc_elbo", 8, 7)
+    assert ev["schedules_run"] == [{"gen_length": 8, "steps": 8, "block_length": 8}]  # what generation ran
     assert record["model"]["checkpoint"] == str(ckpt.resolve())
     assert (ckpt.parent / f"{ckpt.name}.hf" / "modeling_megadlm_mdm.py").is_file()  # exported beside it
     lines = [line for line in proc.stdout.splitlines() if line.startswith("megadlm_tiny_")]

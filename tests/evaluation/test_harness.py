@@ -1,7 +1,7 @@
-"""The lm-eval model's scores are a function of each request alone: the same whatever the order of
-the requests, the mix of tasks around them or how many of them are asked for; and the choices of one
-question share their random masks. Against the harness's own scoring code, with a small synthetic
-model in place of an export (no lm-eval run: that is test_eval.py's)."""
+"""The lm-eval model's own logic, with a small synthetic model in place of an export (no lm-eval run:
+that is test_eval.py's): scores are a function of each request alone (the same whatever the order of
+the requests, the mix of tasks around them or how many are asked for), the choices of one question
+share their random masks, and a shorter generation keeps the configured schedule and records it."""
 from types import SimpleNamespace
 
 from megadlm.evaluation.harness import MegadlmDiffusionLM
@@ -13,6 +13,11 @@ def harness(seed=1234, mc_num=8):
     lm.lm = SimpleNamespace(forward=TinyBidirectional(), mask_id=MASK, max_length=32)
     lm.estimator, lm.mc_num, lm.mc_batch_size, lm.seed = "mc_elbo", mc_num, 32, seed
     lm._warned_truncation = False
+    lm.gen_length, lm.steps, lm.block_length, lm.temperature, lm.remasking = 8, 4, 4, 0.0, "low_confidence"
+    lm.schedules_run = set()
+    lm.tokenizer = SimpleNamespace(encode=lambda s, add_special_tokens=False: [int(c) for c in s],
+                                   decode=lambda ids, skip_special_tokens=False: "".join(map(str, ids)))
+    lm.lm.eos_id, lm.lm.banned_ids = 8, [MASK]
     return lm
 
 
@@ -52,3 +57,25 @@ def test_the_choices_of_one_question_draw_the_same_random_numbers(monkeypatch):
         by_question.setdefault(context, set()).add(seed)
     assert [len(s) for s in by_question.values()] == [1, 1, 1]  # one stream per question
     assert len({s for group in by_question.values() for s in group}) == 3  # and a different one each
+
+
+def test_scaled_schedules_keep_tokens_per_step_and_stay_valid():
+    from megadlm.evaluation.sampler import check_schedule, scaled_schedule
+
+    assert scaled_schedule(256, 128, 32, 64) == (32, 32)    # 2 tokens per step, blocks of 32
+    assert scaled_schedule(256, 256, 256, 32) == (32, 32)   # one token per step, one block
+    assert scaled_schedule(8, 4, 4, 8) == (4, 4)            # the configured length: as configured
+    assert scaled_schedule(256, 64, 32, 48) == (12, 48)     # 32 does not divide 48: one block
+    for gen, steps, block in ((256, 128, 32), (64, 64, 64), (96, 24, 32), (8, 2, 8)):
+        for new in range(1, gen + 1):
+            s, b = scaled_schedule(gen, steps, block, new)
+            check_schedule(new, s, b)
+
+
+def test_a_task_asking_for_fewer_tokens_runs_the_scaled_schedule_and_records_it():
+    lm = harness()  # --gen-length 8 --steps 4 --block-length 4: two tokens per step
+    requests = [SimpleNamespace(args=("123", {"max_gen_toks": 4, "until": []})),
+                SimpleNamespace(args=("45", {"max_gen_toks": 99}))]
+    texts = lm.generate_until(requests, disable_tqdm=True)
+    assert len(texts[0]) <= 4 and len(texts[1]) <= 8
+    assert lm.schedules_run == {(4, 2, 4), (8, 4, 4)}  # not steps = block = 4 (one token per step)
