@@ -93,6 +93,8 @@ class DataConfig:
     num_workers: int = 0
     # Remote shards (S3 etc.) are read via mosaicml-streaming's remote/local cache.
     remote: Optional[str] = None
+    # Where each node caches the shards its ranks read (None: node-local scratch in a Slurm job,
+    # $SLURM_TMPDIR or $TMPDIR; else RUN_DIR/.cache).
     cache_dir: Optional[str] = None
     # Validation: at most this many val sequences are scored (None = all).
     val_max_samples: Optional[int] = None

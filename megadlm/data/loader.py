@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import socket
 import sys
@@ -50,12 +51,35 @@ def _node_name() -> str:
     return socket.gethostname() + ("" if group == "0" else f"-node{group}")
 
 
+def node_scratch() -> str | None:
+    """Node-local scratch the scheduler provides for this job: $SLURM_TMPDIR, else $TMPDIR inside a
+    Slurm job (a per-job directory on most clusters). Outside a job $TMPDIR is not used: caches there
+    would outlive the run on a workstation."""
+    if os.environ.get("SLURM_TMPDIR"):
+        return os.environ["SLURM_TMPDIR"]
+    if os.environ.get("SLURM_JOB_ID") and os.environ.get("TMPDIR"):
+        return os.environ["TMPDIR"]
+    return None
+
+
+def default_cache_root(run_dir: str) -> str:
+    """Where a node caches the shards its ranks read when data.cache_dir is not set: node-local
+    scratch when the scheduler provides it, in a directory of this run's own (two jobs on one node
+    must not share it); else RUN_DIR/.cache. Caching under the run directory puts every node's copy
+    of the shards on the (shared) storage that holds the run."""
+    scratch = node_scratch()
+    if scratch:
+        run_id = hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:12]
+        return os.path.join(scratch, "megadlm-cache", run_id, _node_name())
+    return os.path.join(run_dir, ".cache", _node_name())
+
+
 def split_source(cfg: Config, split: str, run_dir: str) -> tuple[str, str]:
-    """(remote, local) for a split. Shards are copied into a per-host cache so the prepared data
+    """(remote, local) for a split. Shards are copied into a per-node cache so the prepared data
     directory is only ever read (it may be shared by many runs)."""
     base = cfg.data.remote or cfg.data.path
     remote = base.rstrip("/") + "/" + split
-    cache_root = cfg.data.cache_dir or os.path.join(run_dir, ".cache", _node_name())
+    cache_root = cfg.data.cache_dir or default_cache_root(run_dir)
     return remote, os.path.join(cache_root, split)
 
 

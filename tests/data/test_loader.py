@@ -57,3 +57,23 @@ def test_position_is_the_consumed_sample_count(tiny_data, tmp_path, single_proce
 def test_too_little_data_for_one_global_batch(tiny_data, tmp_path, single_process_env):
     with pytest.raises(DataError, match="fewer than one global batch"):
         make_train_data(tiny_data, tmp_path / "a", "data.unique_tokens=100")
+
+
+def test_shards_are_cached_in_node_local_scratch_when_the_scheduler_provides_it(tmp_path, monkeypatch):
+    from megadlm.data.loader import split_source
+
+    cfg = load_config("tiny", [f"data.path={tmp_path / 'data'}"])
+    run_dir = str(tmp_path / "run")
+    for name in ("SLURM_TMPDIR", "TMPDIR", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # outside a job: not the scheduler's scratch
+    assert split_source(cfg, "train", run_dir)[1].startswith(os.path.join(run_dir, ".cache"))
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    in_tmp = split_source(cfg, "train", run_dir)[1]
+    assert in_tmp.startswith(str(tmp_path / "tmp" / "megadlm-cache")) and in_tmp.endswith("train")
+    monkeypatch.setenv("SLURM_TMPDIR", str(tmp_path / "slurm"))
+    assert split_source(cfg, "val", run_dir)[1].startswith(str(tmp_path / "slurm" / "megadlm-cache"))
+    # another run on the same node gets a directory of its own; data.cache_dir still wins
+    assert split_source(cfg, "train", str(tmp_path / "other"))[1] != split_source(cfg, "train", run_dir)[1]
+    chosen = load_config("tiny", [f"data.path={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'c'}"])
+    assert split_source(chosen, "train", run_dir)[1] == str(tmp_path / "c" / "train")
