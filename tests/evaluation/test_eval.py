@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import megadlm_env, run_cli, snapshot
+from tests.conftest import REPO, megadlm_env, run_cli, snapshot
 from tests.evaluation.conftest import TASKS
 
 pytestmark = pytest.mark.slow
@@ -148,3 +148,16 @@ def test_eval_refuses_bad_input_before_writing(trained, local_tasks, tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_the_common_random_numbers_bench_runs_on_a_trained_model(trained, tmp_path):
+    text = tmp_path / "heldout.txt"
+    text.write_text("Once upon a midnight dreary, while I pondered, weak and weary. " * 20)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_eval_crn.py"), str(trained["mdm"]),
+                           "--text", str(text), "--questions", "6", "--context", "8", "--choice-tokens", "4",
+                           "--mc-num", "2", "--seeds", "2"], capture_output=True, text=True, timeout=600,
+                          env=megadlm_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["questions"] == 6 and result["distractors"] == "perturbed"
+    assert all(0 <= result[f"acc_mean_{k}"] <= 1 for k in ("independent", "shared"))
