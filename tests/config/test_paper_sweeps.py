@@ -62,7 +62,8 @@ def _parameters(cfg) -> int:
 
 def test_the_crossover_sweeps_are_valid_and_the_larger_model_has_about_4x_the_parameters():
     configs = {}
-    for name in ("cpu_repro_crossover", "cpu_repro_crossover_seed2", "cpu_repro_crossover_ar"):
+    for name in ("cpu_repro_crossover", "cpu_repro_crossover_seed2", "cpu_repro_crossover_4x_seed2",
+                 "cpu_repro_crossover_ar"):
         grid = load_grid(str(SWEEPS[0].parent / f"{name}.yaml"))
         res = _resources(grid)
         for p in expand(grid):
@@ -77,3 +78,7 @@ def test_the_crossover_sweeps_are_valid_and_the_larger_model_has_about_4x_the_pa
     one = configs["cpu_repro_crossover/mdm_960ep-seed1"]
     two = configs["cpu_repro_crossover_seed2/mdm_960ep-seed2"]
     assert two.run.seed == 2 and dataclasses.replace(two, run=one.run) == one
+    for arm in ("ar_4x", "mdm_4x"):  # the 4x pair's second seed: the same but for the seed (and a stop)
+        one = configs[f"cpu_repro_crossover/{arm}-seed1"]
+        two = configs[f"cpu_repro_crossover_4x_seed2/{arm}-seed2"]
+        assert two.run.seed == 2 and dataclasses.replace(two, run=one.run) == one
