@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from megadlm.config.loader import CONFIG_DIR, find_config, load_config
+from megadlm.config.loader import CONFIG_DIR, find_config, load_config, parse_override
 from megadlm.data.corpus import demo_corpus
 from megadlm.data.inputs import iter_documents
 from megadlm.data.manifest import load_manifest
@@ -55,8 +55,8 @@ def demo_sweep(out: str, data_dir: str, seeds: list[int], nproc: int, overrides:
     grid = yaml.safe_load((CONFIG_DIR / "sweeps" / "demo.yaml").read_text())
     grid["out"] = os.path.join(out, "sweep")
     grid["set"] = {**grid.get("set", {}), "data.path": data_dir}
-    extra = dict(o.split("=", 1) for o in overrides)
-    grid["set"].update({key: yaml.safe_load(value) for key, value in extra.items()})
+    # parsed as --set parses them (YAML 1.1 alone would read 1e-3 as a string)
+    grid["set"].update({".".join(keys): value for keys, value in map(parse_override, overrides)})
     grid["grid"] = {**grid.get("grid", {}), "run.seed": list(seeds)}
     grid["resources"] = {**grid.get("resources", {}), "procs_per_node": nproc}
     return grid

@@ -58,6 +58,16 @@ def has_checkpoint_dirs(run_dir: str) -> bool:
     return os.path.isdir(root) and any(name.startswith("step_") for name in os.listdir(root))
 
 
+def read_checkpoint_manifest(directory: str) -> dict | None:
+    """A checkpoint directory's manifest, or None when it has none or it does not parse (a save in
+    progress, a damaged file: `checkpoint.verify` says which)."""
+    try:
+        with open(os.path.join(directory, CHECKPOINT_MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def best_checkpoint(run_dir: str) -> tuple[str, dict] | None:
     """(path, its "best" mark: metric, value, step) of the checkpoint kept by checkpoint.keep_best,
     or None. A crash between marking a new best and unmarking the old one leaves two marks: the
@@ -67,14 +77,8 @@ def best_checkpoint(run_dir: str) -> tuple[str, dict] | None:
         return None
     marked = []
     for name in sorted(os.listdir(root)):
-        manifest = os.path.join(root, name, CHECKPOINT_MANIFEST)
-        if not name.startswith("step_") or not os.path.isfile(manifest):
-            continue
-        try:
-            with open(manifest) as f:
-                mark = json.load(f).get("best")
-        except (OSError, ValueError):
-            continue
+        manifest = read_checkpoint_manifest(os.path.join(root, name)) if name.startswith("step_") else None
+        mark = (manifest or {}).get("best")
         if mark:
             marked.append((mark["value"], os.path.join(root, name), mark))
     if not marked:

@@ -10,8 +10,9 @@ import torch
 
 from megadlm.convert.hf import MDM_MODEL_TYPE
 from megadlm.errors import UserError
+from megadlm.rundir import CHECKPOINT_MANIFEST
 
-MANIFEST = "megadlm_manifest.json"
+MANIFEST = CHECKPOINT_MANIFEST
 
 
 class EvalError(UserError):

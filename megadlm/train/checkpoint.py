@@ -33,7 +33,13 @@ import torch.distributed as dist
 from megadlm.errors import CheckpointError, TrainingError
 from megadlm.parallel.dropout_streams import attention_dropout_stream
 from megadlm.preflight import RunFacts
-from megadlm.rundir import CHECKPOINT_MANIFEST, LATEST, best_checkpoint, checkpoint_root
+from megadlm.rundir import (
+    CHECKPOINT_MANIFEST,
+    LATEST,
+    best_checkpoint,
+    checkpoint_root,
+    read_checkpoint_manifest,
+)
 
 MANIFEST = CHECKPOINT_MANIFEST
 INCOMPLETE = ".incomplete_"
@@ -245,20 +251,12 @@ def write_manifest(directory: str, tag: str, train_state: dict, facts: dict, con
     _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
 
 
-def _read_manifest(directory: str) -> dict | None:
-    try:
-        with open(os.path.join(directory, MANIFEST)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _unmark_best(root: str, keep: str) -> None:
     """Remove the "best" mark from every checkpoint but `keep` (the manifest is not covered by its
     own checksums, so rewriting it leaves the checkpoint verifiable)."""
     for name in sorted(os.listdir(root)):
         directory = os.path.join(root, name)
-        manifest = _read_manifest(directory) if name.startswith("step_") and name != keep else None
+        manifest = read_checkpoint_manifest(directory) if name.startswith("step_") and name != keep else None
         if manifest and manifest.pop("best", None) is not None:
             _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
 
@@ -316,7 +314,7 @@ def _prune(root: str, retention: Retention, keep: str) -> None:
         kept_forever = retention.keep_every > 0 and step % retention.keep_every == 0
         if old in recent or kept_forever or old == keep:
             continue
-        if (_read_manifest(os.path.join(root, old)) or {}).get("best"):  # checkpoint.keep_best's
+        if (read_checkpoint_manifest(os.path.join(root, old)) or {}).get("best"):  # checkpoint.keep_best's
             continue
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
