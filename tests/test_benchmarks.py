@@ -52,3 +52,13 @@ def test_bench_local_sweep_smoke_mode(tmp_path):
     assert result["serial_s"] > 0 and result["parallel2_s"] > 0 and result["speedup"] > 0
     assert result["max_final_val_loss_diff"] < 1e-3  # same configs, same seeds: at most reduction-order noise
     assert "two at once" in proc.stdout
+
+
+def test_bench_startup_smoke_mode():
+    proc = subprocess.run([sys.executable, "tools/bench_startup.py", "--trials", "1"], cwd=REPO,
+                          env=megadlm_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fields = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert float(fields["eager_s"]) > 0 and float(fields["deferred_s"]) > 0
+    assert fields["deferred_imports_sklearn"] == "False"
+    assert fields["deferred_imports_streaming_text"] == "False"

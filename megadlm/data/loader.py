@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from megadlm.config.schema import Config
+from megadlm.data.streaming_import import defer_streaming_package_init
 from megadlm.errors import DataError
 
 
@@ -164,7 +165,8 @@ def _host_lock(timeout_s: float):
 
 class TrainData:
     def __init__(self, cfg: Config, manifest: dict, run_dir: str, replication: int, seed: int):
-        from streaming import Stream, StreamingDataset
+        defer_streaming_package_init()
+        from streaming.base import Stream, StreamingDataset
 
         self.cfg = cfg
         self.global_batch = cfg.schedule.global_batch_size
@@ -211,7 +213,8 @@ class ValData:
     """The whole val split (or its first val_max_samples), this DP rank's share of it."""
 
     def __init__(self, cfg: Config, manifest: dict, run_dir: str, dp_rank: int, dp_size: int):
-        from streaming import StreamingDataset
+        defer_streaming_package_init()
+        from streaming.base import StreamingDataset
 
         split = manifest.get("splits", {}).get("val")
         self.available = split is not None and int(split.get("samples", 0)) > 0

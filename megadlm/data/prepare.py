@@ -46,6 +46,7 @@ from megadlm.data.inputs import (
 
 # FORMAT and load_manifest are re-exported: the trainer, preflight, the CLI and the demo import them here.
 from megadlm.data.manifest import FORMAT, MANIFEST, build_manifest, load_manifest  # noqa: F401
+from megadlm.data.streaming_import import defer_streaming_package_init
 from megadlm.data.tokenizer import TOKENIZER_FILENAME, Tokenizer, load_tokenizer
 from megadlm.data.tokenizer import train_bpe as _train_bpe
 from megadlm.errors import DataError
@@ -214,7 +215,8 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: Rea
                   train_files: list[Path], val_files: list[Path], val_ids: set[int], tail_fraction: float,
                   want_val: bool, max_tokens: int | None, n_docs: int,
                   progress: bool) -> dict[str, dict[str, Any]]:
-    from streaming import MDSWriter
+    defer_streaming_package_init()
+    from streaming.base import MDSWriter
 
     columns = {"tokens": f"ndarray:{dtype}:{seq_len + 1}", "idx": "int64"}
     splits = ["train", "val"] if want_val else ["train"]

@@ -15,12 +15,14 @@ import tempfile
 from pathlib import Path
 
 from megadlm.data.corpus import cache_root
+from megadlm.data.streaming_import import defer_streaming_package_init
 from megadlm.errors import DataError
 
 MANIFEST = "manifest.json"
 
 
 def _download(remote: str, local: Path) -> None:
+    defer_streaming_package_init()
     from streaming.base.storage.download import CloudDownloader
 
     local.parent.mkdir(parents=True, exist_ok=True)
