@@ -70,6 +70,9 @@ def run_prepare(args: argparse.Namespace) -> int:
         print("  (no val split: pass --val-fraction or --val-input to hold out text)")
     print(f"  tokenizer {tok['name']} ({tok['kind']}): vocab {manifest['vocab_size']} "
           f"(eos {manifest['eos_id']}, mask {manifest['mask_id']})")
+    tokens = sum(split["tokens"] for split in manifest["splits"].values())
+    seconds = manifest["prepare_seconds"]
+    print(f"  {tokens:,} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s)")
     return 0
 
 

@@ -26,12 +26,13 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -194,10 +195,40 @@ def _make_tokenizer(spec: str, bpe_vocab: int | None, tmp: Path,
     return tok, TOKENIZER_FILENAME
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm
+class PrepareProgress:
+    """The bar of the tokenize-and-write pass: input bytes (its total is known from pass 1) with their
+    rate, and tokens written with theirs. Drawn only on a terminal unless given a `file`."""
 
-    return tqdm(total=total, unit="doc", desc="prepare", disable=not (enabled and sys.stderr.isatty()))
+    POSTFIX_EVERY_S = 0.5  # tqdm redraws a postfix on every call; a few times a second is enough
+
+    def __init__(self, total_bytes: int, enabled: bool, file: TextIO | None = None) -> None:
+        from tqdm import tqdm
+
+        shown = enabled and (file is not None or sys.stderr.isatty())
+        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare",
+                        disable=not shown, file=file, dynamic_ncols=True)
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self._postfix_at = self.started
+
+    def update(self, nbytes: int, ntokens: int) -> None:
+        self.tokens += ntokens
+        self.bar.update(nbytes)
+        now = time.perf_counter()
+        if now - self._postfix_at >= self.POSTFIX_EVERY_S:
+            self._postfix_at = now
+            self.bar.set_postfix_str(f"{self.tokens:,} tokens, {self.tokens_per_s():,.0f} tokens/s")
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+    def __enter__(self) -> PrepareProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.set_postfix_str(f"{self.tokens:,} tokens, {self.tokens_per_s():,.0f} tokens/s",
+                                 refresh=False)
+        self.bar.close()
 
 
 def _batched(items: Iterator[tuple[str, Document]], size: int) -> Iterator[list[tuple[str, Document]]]:
@@ -213,7 +244,7 @@ def _batched(items: Iterator[tuple[str, Document]], size: int) -> Iterator[list[
 
 def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: ReadDocuments,
                   train_files: list[Path], val_files: list[Path], val_ids: set[int], tail_fraction: float,
-                  want_val: bool, max_tokens: int | None, n_docs: int,
+                  want_val: bool, max_tokens: int | None, total_bytes: int,
                   progress: bool) -> dict[str, dict[str, Any]]:
     defer_streaming_package_init()
     from streaming.base import MDSWriter
@@ -243,7 +274,7 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: Rea
             for doc in read(val_files):
                 yield "val", doc
 
-        bar = stack.enter_context(_progress(n_docs, progress))
+        bar = stack.enter_context(PrepareProgress(total_bytes, progress))
         for batch in _batched(routed(), ENCODE_BATCH_DOCS):
             encoded = tok.encode_batch([d.text for _, d in batch])
             for (split, doc), ids in zip(batch, encoded):
@@ -253,7 +284,7 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: Rea
                     _add_tail_split(tokens, nbytes, tail_fraction, packers, stats, max_tokens)
                 else:
                     _add_doc(split, tokens, nbytes, packers[split], stats[split], max_tokens)
-                bar.update(1)
+                bar.update(nbytes, len(tokens))
     return {s: stats[s].record(packers[s].samples, seq_len, packers[s].stream_tokens) for s in splits}
 
 
@@ -315,6 +346,7 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
     `skip_bad_documents`: leave out (and count) undecodable documents instead of stopping at the first.
     `text_field`: the JSON field / parquet or dataset column that holds each document's text.
     """
+    started = time.perf_counter()
     # A lone path would otherwise be iterated character by character.
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     val_inputs = [val_inputs] if isinstance(val_inputs, (str, Path)) else list(val_inputs)
@@ -338,8 +370,9 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
         raise DataError(f"empty corpus: no non-empty documents in {', '.join(map(str, inputs))} "
                         f"(supported in directories: {', '.join(SUPPORTED_SUFFIXES)}, text and JSON also "
                         f"compressed as {', '.join(COMPRESSIONS)}){_skip_note(skipped)}")
-    n_val_docs = sum(1 for _ in iter_documents(val_files, skip_bad_documents, skipped.add, text_field))
-    if val_files and n_val_docs == 0:
+    val_sizes = [len(d.text.encode("utf-8"))
+                 for d in iter_documents(val_files, skip_bad_documents, skipped.add, text_field)]
+    if val_files and not val_sizes:
         raise DataError(f"no non-empty documents in --val-input {', '.join(map(str, val_inputs))}"
                         f"{_skip_note(skipped)}")
     read: ReadDocuments = partial(iter_documents, skip_bad=skip_bad_documents, text_field=text_field)
@@ -357,13 +390,14 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
         tok, tok_file = _make_tokenizer(tokenizer, train_bpe, tmp, train_texts)
         dtype = token_dtype(tok.vocab_size)
         splits = _write_splits(tok, tmp, seq_len, dtype, read, train_files, val_files, val_ids,
-                               tail_fraction, want_val, max_tokens, len(sizes) + n_val_docs, progress)
+                               tail_fraction, want_val, max_tokens, sum(sizes) + sum(val_sizes), progress)
         _check_counts(splits, seq_len, max_tokens)
         manifest = build_manifest(
             tok=tok, tok_file=tok_file, seq_len=seq_len, dtype=dtype, splits=splits, train_files=train_files,
             val_files=val_files, val_method=val_method, val_fraction=val_fraction, max_tokens=max_tokens,
             skip_bad_documents=skip_bad_documents, skipped_documents=skipped.total, text_field=text_field,
             skipped_details=skipped.details())
+        manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _install(tmp, out_path, overwrite)
     except BaseException:
