@@ -121,7 +121,9 @@ def verify_data_dirs(paths: list[str], quiet: bool = True) -> None:
     from megadlm.data.integrity import verify_shards
 
     for path in sorted({os.path.abspath(p) for p in paths}):
-        shards = verify_shards(path)
+        result = verify_shards(path)
         if not quiet:
-            print(f"megadlm: verified the checksums of {shards} shards in {path}", file=sys.stderr,
-                  flush=True)
+            unchanged = result.checked - result.hashed
+            note = f" ({unchanged} unchanged since an earlier check, not re-hashed)" if unchanged else ""
+            print(f"megadlm: verified the checksums of {result.checked} shards in {path}{note}",
+                  file=sys.stderr, flush=True)

@@ -1,6 +1,9 @@
 """Sweep files without a cluster: expansion, validation before writing, and `--local` runs with
 `megadlm status` reading their results."""
 import json
+import os
+import shutil
+import time
 
 import pytest
 import yaml
@@ -64,6 +67,25 @@ def test_a_grid_on_one_data_directory_verifies_its_shards_once(tiny_data, tmp_pa
     assert len(verified) == 1 and str(tiny_data) in verified[0], proc.stderr[-2000:]
     assert len([line for line in proc.stdout.splitlines() if line.startswith("  [")]) == 4
     assert "checkpoint storage once every point has finished" in proc.stdout  # the grid's total on disk
+
+
+def test_a_second_sweep_on_unchanged_data_does_not_hash_its_shards_again(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEGADLM_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for shard in data.glob("*/*.mds*"):
+        os.utime(shard, ns=(an_hour_ago, an_hour_ago))
+    path = write(tmp_path, {"base": "tiny_ar", "out": str(tmp_path / "sweep"),
+                            "set": [*TINY, f"data.path={data}"], "arms": {"ar": {}}})
+    lines = []
+    for _ in range(2):
+        proc = run_cli("sweep", path, "--dry-run")
+        lines += [line for line in proc.stderr.splitlines() if "verified the checksums" in line]
+    shards = len(list(data.glob("*/*.mds*")))
+    assert lines[0].endswith(f"{shards} shards in {data}"), lines
+    assert lines[1].endswith(f"{shards} shards in {data} ({shards} unchanged since an earlier check, "
+                             "not re-hashed)"), lines
 
 
 def test_parallel_needs_local_and_a_positive_count(tmp_path):
