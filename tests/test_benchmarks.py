@@ -61,4 +61,4 @@ def test_bench_startup_smoke_mode():
     fields = dict(line.split(None, 1) for line in proc.stdout.splitlines())
     assert float(fields["eager_s"]) > 0 and float(fields["deferred_s"]) > 0
     assert fields["deferred_imports_sklearn"] == "False"
-    assert fields["deferred_imports_streaming_text"] == "False"
+    assert fields["deferred_imports_transformers"] == "False"

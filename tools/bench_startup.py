@@ -6,7 +6,8 @@ DeepSpeed), then times only the streaming classes the data loader uses:
 
 - eager: `from streaming import Stream, StreamingDataset` (the package __init__ with its text, vision
   and multimodal example datasets, which pull in transformers' AutoTokenizer and scikit-learn);
-- deferred: `defer_streaming_package_init()` then `from streaming.base import ...` (megadlm's path).
+- deferred: `defer_streaming_package_init()` then `from streaming.base.dataset import ...` (megadlm's
+  path: neither package __init__ runs, so neither transformers nor scikit-learn is imported).
 
 The two sides alternate, trial by trial, so machine load hits both alike. Prints each side's median
 and their ratio.
@@ -34,12 +35,13 @@ start = time.perf_counter()
 if sys.argv[1] == "deferred":
     from megadlm.data.streaming_import import defer_streaming_package_init
     defer_streaming_package_init()
-    from streaming.base import Stream, StreamingDataset
+    from streaming.base.dataset import StreamingDataset
+    from streaming.base.stream import Stream
 else:
     from streaming import Stream, StreamingDataset
 seconds = time.perf_counter() - start
 print(json.dumps({"side": sys.argv[1], "seconds": seconds,
-                  "sklearn": "sklearn" in sys.modules, "streaming.text": "streaming.text" in sys.modules}))
+                  "sklearn": "sklearn" in sys.modules, "transformers": "transformers" in sys.modules}))
 """
 
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         "deferred_s": round(medians["deferred"], 3),
         "ratio_deferred_over_eager": round(medians["deferred"] / medians["eager"], 3),
         "deferred_imports_sklearn": any(r["sklearn"] for r in results["deferred"]),
-        "deferred_imports_streaming_text": any(r["streaming.text"] for r in results["deferred"]),
+        "deferred_imports_transformers": any(r["transformers"] for r in results["deferred"]),
     }
     for key, value in summary.items():
         print(f"{key:32s} {value}")

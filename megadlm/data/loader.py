@@ -166,7 +166,8 @@ def _host_lock(timeout_s: float):
 class TrainData:
     def __init__(self, cfg: Config, manifest: dict, run_dir: str, replication: int, seed: int):
         defer_streaming_package_init()
-        from streaming.base import Stream, StreamingDataset
+        from streaming.base.dataset import StreamingDataset
+        from streaming.base.stream import Stream
 
         self.cfg = cfg
         self.global_batch = cfg.schedule.global_batch_size
@@ -214,7 +215,7 @@ class ValData:
 
     def __init__(self, cfg: Config, manifest: dict, run_dir: str, dp_rank: int, dp_size: int):
         defer_streaming_package_init()
-        from streaming.base import StreamingDataset
+        from streaming.base.dataset import StreamingDataset
 
         split = manifest.get("splits", {}).get("val")
         self.available = split is not None and int(split.get("samples", 0)) > 0

@@ -247,7 +247,7 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: Rea
                   want_val: bool, max_tokens: int | None, total_bytes: int,
                   progress: bool) -> dict[str, dict[str, Any]]:
     defer_streaming_package_init()
-    from streaming.base import MDSWriter
+    from streaming.base.format import MDSWriter
 
     columns = {"tokens": f"ndarray:{dtype}:{seq_len + 1}", "idx": "int64"}
     splits = ["train", "val"] if want_val else ["train"]

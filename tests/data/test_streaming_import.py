@@ -1,5 +1,5 @@
-"""The data path imports mosaicml-streaming's classes without its example datasets (transformers,
-scikit-learn), and the package still behaves as before for code that wants the rest of it."""
+"""The data path imports mosaicml-streaming's classes without its example datasets and DataLoader wrapper
+(transformers, scikit-learn), and the package still behaves as before for code that wants the rest of it."""
 import json
 import subprocess
 import sys
@@ -11,11 +11,15 @@ DEFERRED_THEN_FULL = r"""
 import json, sys
 from megadlm.data.streaming_import import defer_streaming_package_init
 defer_streaming_package_init()
-from streaming.base import MDSWriter, Stream, StreamingDataset
-before = {m: m in sys.modules for m in ("streaming.text", "streaming.vision", "sklearn")}
+from streaming.base.dataset import StreamingDataset
+from streaming.base.format import MDSWriter
+from streaming.base.stream import Stream
+before = {m: m in sys.modules for m in ("streaming.text", "streaming.vision", "sklearn", "transformers",
+                                        "streaming.base.dataloader")}
 import streaming
 from streaming import LocalDataset, text  # names only the package __init__ defines
-after = {m: m in sys.modules for m in ("streaming.text", "streaming.vision")}
+from streaming.base import StreamingDataLoader  # and one only streaming.base's __init__ defines
+after = {m: m in sys.modules for m in ("streaming.text", "streaming.vision", "streaming.base.dataloader")}
 print(json.dumps({"before": before, "after": after, "version": streaming.__version__,
                   "same_class": streaming.StreamingDataset is StreamingDataset,
                   "local": LocalDataset.__module__}))
@@ -35,7 +39,7 @@ manifest = load_manifest(data_dir)
 train = TrainData(cfg, manifest, run_dir, replication=1, seed=5)
 ValData(cfg, manifest, run_dir, dp_rank=0, dp_size=1)
 next(train.batches(0))
-print(json.dumps({m: m in sys.modules for m in ("streaming.text", "sklearn")}))
+print(json.dumps({m: m in sys.modules for m in ("streaming.text", "sklearn", "transformers")}))
 """
 
 
@@ -48,12 +52,12 @@ def run_python(code: str, *args: str) -> dict:
 
 def test_deferred_package_loads_only_streaming_base_until_a_top_level_name_is_asked_for():
     result = run_python(DEFERRED_THEN_FULL)
-    assert result["before"] == {"streaming.text": False, "streaming.vision": False, "sklearn": False}
-    assert result["after"] == {"streaming.text": True, "streaming.vision": True}
+    assert not any(result["before"].values()), result["before"]
+    assert all(result["after"].values()), result["after"]
     assert result["version"] == version("mosaicml-streaming")
     assert result["same_class"] and result["local"] == "streaming.base.local"
 
 
 def test_training_data_reads_shards_without_streamings_example_datasets(tiny_data, tmp_path):
-    assert run_python(LOADER, str(tiny_data), str(tmp_path / "run")) == {"streaming.text": False,
-                                                                          "sklearn": False}
+    imported = run_python(LOADER, str(tiny_data), str(tmp_path / "run"))
+    assert imported == {"streaming.text": False, "sklearn": False, "transformers": False}
