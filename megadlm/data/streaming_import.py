@@ -34,6 +34,10 @@ def defer_streaming_package_init() -> None:
             if spec is None or spec.loader is None or spec.submodule_search_locations is None:
                 return  # not installed (or not a package): the caller's import fails with the usual error
             _register_deferred(name, spec)
+        # streaming's modules import each other in a circle (util -> format -> ... -> util) that only
+        # resolves in the order its own __init__ imports them: streaming.base.dataset first, which is
+        # the first module the DataLoader wrapper (the first import there) imports.
+        importlib.import_module("streaming.base.dataset")
 
 
 def _register_deferred(name: str, spec) -> None:

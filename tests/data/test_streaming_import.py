@@ -11,6 +11,8 @@ DEFERRED_THEN_FULL = r"""
 import json, sys
 from megadlm.data.streaming_import import defer_streaming_package_init
 defer_streaming_package_init()
+# first the module megadlm.data.remote needs: streaming's own import circle must still resolve
+from streaming.base.storage.download import CloudDownloader
 from streaming.base.dataset import StreamingDataset
 from streaming.base.format import MDSWriter
 from streaming.base.stream import Stream
