@@ -3,4 +3,7 @@ import sys
 
 from megadlm.cli import main
 
-sys.exit(main())
+# Guarded: a spawned worker process (`megadlm prepare --workers N`) imports this module again as
+# __mp_main__, and must not run the command line a second time.
+if __name__ == "__main__":
+    sys.exit(main())

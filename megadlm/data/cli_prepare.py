@@ -39,6 +39,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                              "manifest.json")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output directory (only once the new one is complete)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="tokenize in N processes of one thread each (default 1: in this process); the "
+                             "output is identical for any N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -57,7 +60,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         inputs=args.input, out=args.out, tokenizer=args.tokenizer, seq_len=args.seq_len,
         val_fraction=args.val_fraction, val_inputs=args.val_input, max_tokens=args.max_tokens,
         train_bpe=args.train_bpe, progress=not args.no_progress, overwrite=args.overwrite,
-        skip_bad_documents=args.skip_bad_documents, text_field=args.text_field)
+        skip_bad_documents=args.skip_bad_documents, text_field=args.text_field, workers=args.workers)
     tok = manifest["tokenizer"]
     skipped = ""
     if args.skip_bad_documents:  # shown even when 0: the user asked, so tell them how many there were

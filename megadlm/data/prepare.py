@@ -12,7 +12,9 @@ token of the stream exactly once. The incomplete tail is dropped.
 
 Inputs are read in three streaming passes (sizes → optional BPE training → tokenize+write), so memory
 stays bounded by the largest document rather than the corpus. Output is written to a temporary sibling
-directory and renamed into place at the end: a failure never leaves a half-written `out`.
+directory and renamed into place at the end: a failure never leaves a half-written `out`. With
+`workers` > 1 only the encoding runs in other processes (encode_pool.py); everything that decides the
+output stays here, in input order, so it is identical for any number of workers.
 
 An undecodable document (bytes that are not UTF-8) stops prepare in the first pass, before anything is
 written, with the file and line/record/row; with `skip_bad_documents` it is left out of every pass and
@@ -36,6 +38,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from megadlm.data.encode_pool import EncodePool
 from megadlm.data.inputs import (
     COMPRESSIONS,
     SUPPORTED_SUFFIXES,
@@ -54,7 +57,8 @@ from megadlm.errors import DataError
 
 ReadDocuments = Callable[[Sequence[Path]], Iterator[Document]]
 MDS_KWARGS: dict[str, Any] = {"compression": "zstd", "hashes": ["sha1", "xxh64"], "size_limit": "8mb"}
-ENCODE_BATCH_DOCS = 64  # documents per encode_batch call: enough for the Rust side to parallelise
+# Documents per encode_batch call (and per task for --workers): enough for the Rust side to parallelise.
+ENCODE_BATCH_DOCS = 64
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -168,7 +172,7 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def _check_args(inputs: Sequence[str], seq_len: int, val_fraction: float, val_inputs: Sequence[str],
-                max_tokens: int | None, tokenizer: str, train_bpe: int | None) -> None:
+                max_tokens: int | None, tokenizer: str, train_bpe: int | None, workers: int) -> None:
     if not inputs:
         raise DataError("no --input given: pass at least one text/JSONL/parquet file or directory")
     if seq_len < 1:
@@ -181,6 +185,8 @@ def _check_args(inputs: Sequence[str], seq_len: int, val_fraction: float, val_in
         raise DataError(f"--max-tokens must be positive, got {max_tokens}")
     if train_bpe is not None and tokenizer != "bytes":
         raise DataError("pass either --tokenizer PATH or --train-bpe VOCAB, not both")
+    if workers < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
 
 
 def _make_tokenizer(spec: str, bpe_vocab: int | None, tmp: Path,
@@ -245,7 +251,7 @@ def _batched(items: Iterator[tuple[str, Document]], size: int) -> Iterator[list[
 def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: ReadDocuments,
                   train_files: list[Path], val_files: list[Path], val_ids: set[int], tail_fraction: float,
                   want_val: bool, max_tokens: int | None, total_bytes: int,
-                  progress: bool) -> dict[str, dict[str, Any]]:
+                  progress: bool, workers: int) -> dict[str, dict[str, Any]]:
     defer_streaming_package_init()
     from streaming.base.format import MDSWriter
 
@@ -275,10 +281,11 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: Rea
                 yield "val", doc
 
         bar = stack.enter_context(PrepareProgress(total_bytes, progress))
-        for batch in _batched(routed(), ENCODE_BATCH_DOCS):
-            encoded = tok.encode_batch([d.text for _, d in batch])
-            for (split, doc), ids in zip(batch, encoded):
-                tokens = np.asarray([*ids, tok.eos_id], dtype=dtype)  # EOS after every document
+        spec = "bytes" if tok.kind == "bytes" else str(tok.path)  # type: ignore[attr-defined]
+        pool = stack.enter_context(EncodePool(tok, spec, dtype, workers))
+        for batch, encoded in pool.encode_in_order(_batched(routed(), ENCODE_BATCH_DOCS),
+                                                   text_of=lambda item: item[1].text):
+            for (split, doc), tokens in zip(batch, encoded):  # tokens end with EOS
                 nbytes = len(doc.text.encode("utf-8"))
                 if tail_fraction > 0:  # single document: its last tokens become val
                     _add_tail_split(tokens, nbytes, tail_fraction, packers, stats, max_tokens)
@@ -340,17 +347,18 @@ def _skip_note(skipped: SkippedDocuments) -> str:
 def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: int = 128,
             val_fraction: float = 0.0, val_inputs: Sequence[str] = (), max_tokens: int | None = None,
             train_bpe: int | None = None, progress: bool = True, overwrite: bool = False,
-            skip_bad_documents: bool = False, text_field: str = "text") -> dict[str, Any]:
+            skip_bad_documents: bool = False, text_field: str = "text", workers: int = 1) -> dict[str, Any]:
     """Tokenize and pack `inputs` into MDS shards under `out`; returns the manifest (see module doc).
 
     `skip_bad_documents`: leave out (and count) undecodable documents instead of stopping at the first.
     `text_field`: the JSON field / parquet or dataset column that holds each document's text.
+    `workers`: tokenizing processes (encode_pool.py); the output is the same for any number.
     """
     started = time.perf_counter()
     # A lone path would otherwise be iterated character by character.
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     val_inputs = [val_inputs] if isinstance(val_inputs, (str, Path)) else list(val_inputs)
-    _check_args(inputs, seq_len, val_fraction, val_inputs, max_tokens, tokenizer, train_bpe)
+    _check_args(inputs, seq_len, val_fraction, val_inputs, max_tokens, tokenizer, train_bpe, workers)
     out_path = Path(out).expanduser().absolute()
     _check_out(out_path, overwrite)
     tmp = Path(f"{out_path}.tmp-{os.getpid()}")
@@ -390,7 +398,8 @@ def prepare(inputs: Sequence[str], out: str, tokenizer: str = "bytes", seq_len: 
         tok, tok_file = _make_tokenizer(tokenizer, train_bpe, tmp, train_texts)
         dtype = token_dtype(tok.vocab_size)
         splits = _write_splits(tok, tmp, seq_len, dtype, read, train_files, val_files, val_ids,
-                               tail_fraction, want_val, max_tokens, sum(sizes) + sum(val_sizes), progress)
+                               tail_fraction, want_val, max_tokens, sum(sizes) + sum(val_sizes), progress,
+                               workers)
         _check_counts(splits, seq_len, max_tokens)
         manifest = build_manifest(
             tok=tok, tok_file=tok_file, seq_len=seq_len, dtype=dtype, splits=splits, train_files=train_files,
