@@ -62,3 +62,12 @@ def test_bench_startup_smoke_mode():
     assert float(fields["eager_s"]) > 0 and float(fields["deferred_s"]) > 0
     assert fields["deferred_imports_sklearn"] == "False"
     assert fields["deferred_imports_transformers"] == "False"
+
+
+def test_bench_prepare_tiny_mode_compares_one_and_two_workers():
+    proc = subprocess.run([sys.executable, "tools/bench_prepare.py", "--tiny"], cwd=REPO, env=megadlm_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["tokens_per_s_1"] > 0 and result["tokens_per_s_2"] > 0 and result["workers2_speedup"] > 0
+    assert result["identical_shards"] is True and result["tokenizer"] == "gpt2" and result["tokens"] > 0
