@@ -187,6 +187,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="AR batch size (default 8)")
     p.add_argument("--export-dir", help="where a checkpoint is exported (default: CKPT.hf beside it)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="MDM: share the requests between N local processes (torchrun; lm-eval splits and "
+                        "gathers them); scores equal one process's")
+    p.add_argument("--log-samples", action="store_true",
+                   help="also write each request's scores and metrics to OUT/samples.jsonl")
     _add_sampling_arguments(p, length_flag="--gen-length")
 
     p = sub.add_parser("generate", help="continue a prompt with an MDM or AR checkpoint or export",
@@ -342,15 +347,19 @@ def _cmd_import(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from megadlm.evaluation.run import EvalRequest, run_eval, summary_lines
+    from megadlm.evaluation.run import EvalRequest, launch_eval, run_eval, summary_lines
 
     generation = {k: getattr(args, k)
                   for k in ("gen_length", "steps", "block_length", "temperature", "remasking")}
     req = EvalRequest(model=args.model, tasks=[t for t in args.tasks.split(",") if t], out=args.out,
                       limit=args.limit, include_path=args.include_path, estimator=args.estimator,
                       mc_num=args.mc_num, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                      export_dir=args.export_dir, generation=generation)
+                      export_dir=args.export_dir, generation=generation, log_samples=args.log_samples)
+    if args.nproc != 1 and "LOCAL_RANK" not in os.environ:  # workers run this command; rank 0 reports
+        return launch_eval(req, args.nproc, args.argv)
     record = run_eval(req)
+    if not record:  # a torchrun worker other than rank 0
+        return 0
     for line in summary_lines(record):
         print(line)
     print(f"wrote {os.path.join(args.out, 'results.json')}")
@@ -423,6 +432,7 @@ COMMANDS = {"train": _cmd_train, "config": _cmd_config, "prepare": _cmd_prepare,
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a command relaunches in its workers
     if args.command is None:
         parser.print_help()
         return 2

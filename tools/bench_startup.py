@@ -2,7 +2,7 @@
 """What a training rank pays to import mosaicml-streaming, eagerly and the way megadlm imports it.
 
 Each trial is a fresh interpreter that first imports what a rank imports anyway (torch, megatron-core,
-DeepSpeed), then times only the streaming classes the data loader uses:
+DeepSpeed; only torch with --torch-only), then times only the streaming classes the data loader uses:
 
 - eager: `from streaming import Stream, StreamingDataset` (the package __init__ with its text, vision
   and multimodal example datasets, which pull in transformers' AutoTokenizer and scikit-learn);
@@ -13,7 +13,7 @@ The two sides alternate, trial by trial, so machine load hits both alike. Prints
 and their ratio.
 
     python tools/bench_startup.py              # 5 trials a side, about a minute on 2 cores
-    python tools/bench_startup.py --trials 1   # smoke run (tests use it)
+    python tools/bench_startup.py --trials 1 --torch-only   # smoke run (tests use it)
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 TRIAL = r"""
 import json, sys, time, warnings
 warnings.simplefilter("ignore")
-import torch, megatron.core, deepspeed  # what every rank imports anyway: not timed
+import torch  # what every rank imports anyway: not timed
+if sys.argv[2] == "engine":
+    import megatron.core, deepspeed
 start = time.perf_counter()
 if sys.argv[1] == "deferred":
     from megadlm.data.streaming_import import defer_streaming_package_init
@@ -45,21 +47,24 @@ print(json.dumps({"side": sys.argv[1], "seconds": seconds,
 """
 
 
-def trial(side: str) -> dict:
+def trial(side: str, preload: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
-    out = subprocess.run([sys.executable, "-c", TRIAL, side], env=env, capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", TRIAL, side, preload], env=env, capture_output=True,
+                         text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=5, help="trials per side (default 5)")
+    parser.add_argument("--torch-only", action="store_true",
+                        help="preload only torch, not megatron-core and DeepSpeed (smoke mode: faster)")
     args = parser.parse_args(argv)
+    preload = "torch" if args.torch_only else "engine"
     results: dict[str, list[dict]] = {"eager": [], "deferred": []}
     for _ in range(args.trials):
         for side in ("eager", "deferred"):
-            results[side].append(trial(side))
+            results[side].append(trial(side, preload))
     medians = {side: statistics.median(r["seconds"] for r in runs) for side, runs in results.items()}
     summary = {
         "trials": args.trials,

@@ -2,7 +2,8 @@
 ELBO and sampled by iterative unmasking.
 
     lm_eval --model megadlm_mdm --model_args pretrained=DIR,mc_num=128 --tasks ...   (after importing
-    megadlm.evaluation.harness) or `megadlm eval`, which registers it.
+    megadlm.evaluation.harness) or `megadlm eval`, which registers it. Under torchrun (`megadlm eval
+    --nproc N`) the requests are shared between the ranks by lm-eval itself (ranks.py).
 
 Every estimate is seeded by the request's content (run seed, context tokens), so a score does not
 depend on task order, task mix, --limit or batch composition, and reruns are identical. The choices
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from megadlm.evaluation import likelihood
 from megadlm.evaluation.models import EvalError, load_diffusion_model, resolve_hf_dir
+from megadlm.evaluation.ranks import RankCollectives, join_ranks, rank_device
 from megadlm.evaluation.sampler import check_schedule, diffusion_generate, scaled_schedule
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def _bool(value) -> bool:
 
 
 @register_model("megadlm_mdm")
-class MegadlmDiffusionLM(TemplateLM):
+class MegadlmDiffusionLM(RankCollectives, TemplateLM):
     backend = "causal"  # how lm-eval splits context/continuation tokens; attention is bidirectional
 
     def __init__(self, pretrained: str, estimator: str = "mc_elbo", mc_num: int = 128,
@@ -44,7 +46,11 @@ class MegadlmDiffusionLM(TemplateLM):
             raise EvalError(f"estimator {estimator!r} must be one of {', '.join(likelihood.ESTIMATORS)}")
         # an HF export, or a megadlm checkpoint / run directory (exported beside it on first use)
         hf_dir, self.source = resolve_hf_dir(str(pretrained))
-        self.lm = load_diffusion_model(hf_dir, device=device or "cpu", dtype=dtype)
+        # under torchrun, lm-eval gives each rank its share of every task (ranks.py)
+        self._rank, self._world_size = join_ranks()
+        device = rank_device(device or "cpu")
+        self._device = torch.device(device)
+        self.lm = load_diffusion_model(hf_dir, device=device, dtype=dtype)
         self.tokenizer = self.lm.tokenizer
         self.estimator, self.mc_num, self.mc_batch_size = estimator, int(mc_num), int(mc_batch_size)
         if self.mc_num < 1:
@@ -81,7 +87,10 @@ class MegadlmDiffusionLM(TemplateLM):
         return {"estimator": self.estimator, "mc_num": self.mc_num if self.estimator == "mc_elbo" else None,
                 "seed": self.seed, "single_token_exact": True, "gen_length": self.gen_length,
                 "steps": self.steps, "block_length": self.block_length, "temperature": self.temperature,
-                "remasking": self.remasking}
+                "remasking": self.remasking, "ranks": self._world_size}
+
+    def _quiet(self, disable_tqdm: bool) -> bool:
+        return disable_tqdm or self._rank != 0  # one progress bar per launch: rank 0's share
 
     # --- scoring ----------------------------------------------------------------------------------
     def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
@@ -112,7 +121,8 @@ class MegadlmDiffusionLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
                               **kwargs) -> list[tuple[float, bool]]:
         out = []
-        for _, context, continuation in tqdm(requests, desc="MDM loglikelihood", disable=disable_tqdm):
+        bar = tqdm(requests, desc="MDM loglikelihood", disable=self._quiet(disable_tqdm))
+        for _, context, continuation in bar:
             context, continuation = self._fit(context, continuation)
             score = self._score(context, continuation)
             greedy = likelihood.is_greedy(self.lm.forward, context, continuation, self.lm.mask_id)
@@ -121,7 +131,7 @@ class MegadlmDiffusionLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
-        for request in tqdm(requests, desc="MDM rolling loglikelihood", disable=disable_tqdm):
+        for request in tqdm(requests, desc="MDM rolling loglikelihood", disable=self._quiet(disable_tqdm)):
             (text,) = request.args
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 self.tok_encode(text), prefix_token=self.prefix_token_id,
@@ -148,7 +158,7 @@ class MegadlmDiffusionLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out = []
-        for request in tqdm(requests, desc="MDM generate", disable=disable_tqdm):
+        for request in tqdm(requests, desc="MDM generate", disable=self._quiet(disable_tqdm)):
             context, gen_kwargs = request.args
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)

@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from megadlm.evaluation.models import EvalError, objective_of, resolve_hf_dir
 from megadlm.evaluation.quiet_git import lm_eval_without_git_noise
 
 RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclass
@@ -33,6 +35,7 @@ class EvalRequest:
     batch_size: int = 8
     export_dir: str | None = None
     generation: dict = field(default_factory=dict)  # gen_length, steps, block_length, temperature, remasking
+    log_samples: bool = False  # also write every request's scores and metrics to OUT/samples.jsonl
 
 
 def _task_manager(include_path: str | None):
@@ -65,13 +68,14 @@ def _build_model(hf_dir: Path, req: EvalRequest):
     return model, {"model_type": "hf", "estimator": "autoregressive_exact", "mc_num": None, "seed": req.seed}
 
 
-def run_eval(req: EvalRequest) -> dict:
-    """Evaluate, write OUT/results.json (atomically) and return its content."""
-    import lm_eval
-    from lm_eval import simple_evaluate
-
+def check_request(req: EvalRequest, nproc: int = 1):
+    """Every refusal that needs no model loaded (exit 2 before any worker starts); exports a
+    checkpoint once, here, so several ranks never export it at the same time. Returns the task
+    manager, the HF directory and where it came from."""
     if not req.tasks:
         raise EvalError("--tasks is empty: name at least one lm-eval task")
+    if nproc < 1:
+        raise EvalError(f"--nproc must be at least 1, got {nproc}")
     out = Path(req.out)
     if (out / RESULTS_FILE).exists():
         raise EvalError(f"{out / RESULTS_FILE} already exists: "
@@ -79,12 +83,33 @@ def run_eval(req: EvalRequest) -> dict:
     manager = _task_manager(req.include_path)
     _check_tasks(manager, req.tasks)
     hf_dir, source = resolve_hf_dir(req.model, req.export_dir)
+    if nproc > 1 and objective_of(hf_dir) != "mdm":
+        raise EvalError("--nproc applies to MDM models: AR models run lm-eval's own `hf` model in one "
+                        "process (drop --nproc, or use lm-eval's accelerate launch on the export)")
+    return manager, hf_dir, source
+
+
+def run_eval(req: EvalRequest) -> dict:
+    """Evaluate, write OUT/results.json (atomically) and return its content. Under torchrun every rank
+    calls this; rank 0 alone writes and returns the record, the others return {}."""
+    import lm_eval
+    from lm_eval import simple_evaluate
+
+    from megadlm.evaluation.ranks import leave_ranks
+
+    manager, hf_dir, source = check_request(req)
     model, estimator = _build_model(hf_dir, req)
+    started = time.perf_counter()
     with lm_eval_without_git_noise():
         results = simple_evaluate(model=model, tasks=req.tasks, limit=req.limit, task_manager=manager,
                                   random_seed=req.seed, numpy_random_seed=req.seed,
-                                  torch_random_seed=req.seed, fewshot_random_seed=req.seed, log_samples=False,
-                                  bootstrap_iters=1000)
+                                  torch_random_seed=req.seed, fewshot_random_seed=req.seed,
+                                  log_samples=req.log_samples, bootstrap_iters=1000)
+    seconds = time.perf_counter() - started  # on rank 0 this includes waiting for the other ranks
+    leave_ranks()
+    if results is None:  # not rank 0: lm-eval gathered this rank's metrics there
+        return {}
+    out = Path(req.out)
     if getattr(model, "schedules_run", None):  # what generate_until actually ran, per length
         estimator["schedules_run"] = [dict(zip(("gen_length", "steps", "block_length"), s))
                                       for s in sorted(model.schedules_run)]
@@ -92,13 +117,59 @@ def run_eval(req: EvalRequest) -> dict:
         "model": source, "objective": objective_of(hf_dir), "evaluator": estimator,
         "tasks": results["results"], "n_samples": results.get("n-samples", {}),
         "versions": results.get("versions", {}), "limit": req.limit, "lm_eval_version": lm_eval.__version__,
+        "evaluation_seconds": round(seconds, 3),  # lm-eval's part, the model already loaded
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)
+    if req.log_samples:
+        _write_samples(out / SAMPLES_FILE, results.get("samples", {}))
     tmp = out / f".{RESULTS_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str))
     os.replace(tmp, out / RESULTS_FILE)
     return record
+
+
+def _write_samples(path: Path, samples: dict) -> None:
+    """One line per (task, document): its scores as the model returned them and its metrics."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for task in sorted(samples):
+            for sample in sorted(samples[task], key=lambda s: (s["doc_id"], s["filter"])):
+                kept = {k: sample[k] for k in ("doc_id", "filter", "resps", "filtered_resps")}
+                metrics = {m: sample.get(m) for m in sample.get("metrics", [])}
+                line = {"task": task, **kept, "metrics": metrics}
+                f.write(json.dumps(line, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def launch_eval(req: EvalRequest, nproc: int, cli_args: list[str]) -> int:
+    """`megadlm eval --nproc N`: check here (refusals exit 2 once), then run the same command in N
+    torchrun workers, each scoring its share; returns the launch's exit code."""
+    import subprocess
+
+    from megadlm.exit_status import EXIT_DIR_ENV, combined_exit_code
+    from megadlm.train.launch import torchrun_command
+
+    check_request(req, nproc)
+    cli_args = _without_nproc(cli_args)  # a worker knows it is one (LOCAL_RANK); torchrun's own parser
+    # would also take `--nproc` for an abbreviation of its --nproc-per-node
+    with tempfile.TemporaryDirectory(prefix="megadlm-exit-") as exit_dir:
+        env = {**os.environ, EXIT_DIR_ENV: exit_dir,
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        launcher_code = subprocess.call(torchrun_command(nproc, cli_args), env=env)
+        return combined_exit_code(launcher_code, exit_dir, nproc)
 
 
 def summary_lines(record: dict) -> list[str]:

@@ -133,6 +133,29 @@ def test_generate_continues_the_prompt_for_both_families(trained):
     assert proc.returncode == 2 and "block_length 3 must divide gen_length 10" in proc.stderr
 
 
+def test_two_ranks_score_every_request_as_one_rank_does(trained, local_tasks, tmp_path):
+    """lm-eval splits the documents between the ranks and gathers their metrics on rank 0; the scores
+    are seeded by request content, so each request scores the same on any rank."""
+    args = ["eval", str(checkpoint(trained["mdm"])), "--tasks", TASKS, "--include-path", str(local_tasks),
+            "--mc-num", "4", "--gen-length", "8", "--seed", "7", "--log-samples"]
+    run_cli(*args, "--out", str(tmp_path / "one"))
+    proc = run_cli(*args, "--out", str(tmp_path / "two"), "--nproc", "2")
+    assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("megadlm_tiny_mc:") == 1, proc.stdout
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert (one["evaluator"]["ranks"], two["evaluator"]["ranks"]) == (1, 2)
+    assert two["n_samples"] == one["n_samples"]
+    for task, metrics in one["tasks"].items():  # aggregates: the same numbers, summed in another order
+        for key, value in metrics.items():
+            assert (two["tasks"][task][key] == value if not isinstance(value, float)
+                    else math.isclose(two["tasks"][task][key], value, rel_tol=1e-12)), (task, key)
+    check_results(two)
+    samples = {d: (tmp_path / d / "samples.jsonl").read_text().splitlines() for d in ("one", "two")}
+    per_task = {json.loads(line)["task"] for line in samples["one"]}
+    assert per_task == set(TASKS.split(",")) and len(samples["one"]) == sum(
+        one["n_samples"][task]["effective"] for task in per_task)
+    assert samples["two"] == samples["one"]  # every request, its scores and metrics
+
+
 def test_eval_refuses_bad_input_before_writing(trained, local_tasks, tmp_path):
     cases = [
         (["eval", str(trained["mdm"]), "--tasks", "no_such_task", "--include-path", str(local_tasks)],
@@ -142,6 +165,8 @@ def test_eval_refuses_bad_input_before_writing(trained, local_tasks, tmp_path):
         (["eval", str(trained["mdm"]), "--tasks", "megadlm_tiny_mc",
           "--include-path", str(tmp_path / "nope")],
          "is not a directory of task YAML files"),
+        (["eval", str(trained["ar"]), "--tasks", "megadlm_tiny_mc", "--include-path", str(local_tasks),
+          "--nproc", "2"], "--nproc applies to MDM models"),
     ]
     for args, message in cases:
         proc = run_cli(*args, "--out", str(tmp_path / "out"), check=False)

@@ -2,7 +2,9 @@
 
 Each run is a real `megadlm train` under torchrun (gloo, up to 4 ranks on 2 cores), 10 steps,
 compared step by step with the single-process reference: |Δloss| <= 1e-6 in fp32 for every layout
-(measured <= 3.6e-7), grad norms within 5e-5 relative, validation losses within 1e-6.
+(measured <= 3.6e-7), grad norms within 5e-5 relative, validation losses within 1e-6. Each run also
+checks `megadlm plan`'s model-state bytes per GPU against rank 0's measured ones (within 10%;
+measured 0.95-1.00 of it).
 An fp64 run separates layout bugs from rounding: TP2 then agrees to ~1e-15, TP2xDP2 to ~3e-9
 (ZeRO's optimizer keeps fp32 master weights, so DP's other gradient summation order still rounds
 to fp32 once per step). DeepSpeed's pipeline engine cannot carry fp64: validation refuses it with PP.
@@ -12,6 +14,8 @@ import json
 
 import pytest
 
+from megadlm.config.loader import load_config
+from megadlm.plan import make_plan
 from tests.conftest import TINY, run_cli, sets, train_records
 
 pytestmark = pytest.mark.slow
@@ -66,6 +70,12 @@ def test_layout_matches_one_process(tiny_data, tmp_path, reference, objective, n
     # validation scores the same tokens with the same masks in every layout
     assert [v["val_tokens"] for v in got_val] == [v["val_tokens"] for v in ref_val]
     assert max(abs(a["val_loss"] - b["val_loss"]) for a, b in zip(ref_val, got_val)) <= bound
+    # `megadlm plan`'s model-state bytes per GPU against what rank 0 held in this run
+    measured = got_train[0]["model_state_bytes_rank0"]
+    cfg = load_config(f"tiny_{objective}", [*COMMON, f"data.path={tiny_data}", *overrides])
+    planned = make_plan(cfg, 258, nodes=1, gpus_per_node=ranks, gpu_mem_gib=80,
+                        precision="fp32").model_state_bytes
+    assert abs(planned - measured) <= 0.10 * measured, (name, objective, planned, measured)
 
 
 def test_fp64_tp2_dp2_matches_to_rounding(tiny_data, tmp_path):
