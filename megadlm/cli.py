@@ -174,7 +174,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "iterative unmasking; AR models use lm-eval's own `hf` model. Writes "
                                    "OUT/results.json recording the estimator, mc_num and seeds.")
     p.add_argument("model", help="checkpoint directory, run directory or Hugging Face export directory")
-    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument("--tasks", required=True,
+                   help="comma-separated lm-eval task names, or suites: paper6 = hellaswag, piqa, "
+                        "social_iqa, winogrande, lambada_openai, arc_easy")
     p.add_argument("--out", required=True, help="directory for results.json")
     p.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
     p.add_argument("--include-path", help="directory of extra task YAML files (local tasks)")
@@ -347,11 +349,12 @@ def _cmd_import(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from megadlm.evaluation.run import EvalRequest, launch_eval, run_eval, summary_lines
+    from megadlm.evaluation.run import EvalRequest, expand_tasks, launch_eval, run_eval, summary_lines
 
     generation = {k: getattr(args, k)
                   for k in ("gen_length", "steps", "block_length", "temperature", "remasking")}
-    req = EvalRequest(model=args.model, tasks=[t for t in args.tasks.split(",") if t], out=args.out,
+    tasks = expand_tasks([t for t in args.tasks.split(",") if t])
+    req = EvalRequest(model=args.model, tasks=tasks, out=args.out,
                       limit=args.limit, include_path=args.include_path, estimator=args.estimator,
                       mc_num=args.mc_num, seed=args.seed, device=args.device, batch_size=args.batch_size,
                       export_dir=args.export_dir, generation=generation, log_samples=args.log_samples)

@@ -19,6 +19,19 @@ from megadlm.evaluation.quiet_git import lm_eval_without_git_noise
 
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
+# Named task suites for `--tasks` (alone or among other names). paper6: the downstream tasks of the
+# data-constrained MDM-vs-AR comparison (arXiv 2510.04071), by their lm-eval names.
+SUITES = {"paper6": ["hellaswag", "piqa", "social_iqa", "winogrande", "lambada_openai", "arc_easy"]}
+
+
+def expand_tasks(names: list[str]) -> list[str]:
+    """Task names with suites replaced by their tasks, in order, each task once."""
+    out: list[str] = []
+    for name in names:
+        for task in SUITES.get(name, [name]):
+            if task not in out:
+                out.append(task)
+    return out
 
 
 @dataclass

@@ -13,6 +13,7 @@ def harness(seed=1234, mc_num=8):
     lm.lm = SimpleNamespace(forward=TinyBidirectional(), mask_id=MASK, max_length=32)
     lm.estimator, lm.mc_num, lm.mc_batch_size, lm.seed = "mc_elbo", mc_num, 32, seed
     lm._warned_truncation = False
+    lm._rank, lm._world_size = 0, 1  # one process (what join_ranks gives outside torchrun)
     lm.gen_length, lm.steps, lm.block_length, lm.temperature, lm.remasking = 8, 4, 4, 0.0, "low_confidence"
     lm.schedules_run = set()
     lm.tokenizer = SimpleNamespace(encode=lambda s, add_special_tokens=False: [int(c) for c in s],
