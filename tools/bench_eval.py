@@ -13,7 +13,7 @@ rounds; whole commands), the same for lm-eval's scoring alone (scoring_*: reques
 evaluation_seconds), bits_per_byte and its relative difference between the two, and the settings.
 
     python tools/bench_eval.py RUN_OR_CHECKPOINT_OR_HF_DIR --text held_out.txt
-    python tools/bench_eval.py --tiny      # trains a 2-step tiny MDM on pydoc topics first (tests use it)
+    python tools/bench_eval.py RUN --docs 16 --bytes 24 --mc-num 8 --rounds 1 --skip-one-thread   # smoke
 """
 from __future__ import annotations
 
@@ -30,12 +30,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TINY_MODEL = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=128",
-              "model.num_attention_heads=4", "model.num_query_groups=2", "data.seq_len=32",
-              "schedule.global_batch_size=8", "schedule.micro_batch_size=2", "schedule.warmup_steps=1",
-              "logging.progress_bar=false", "schedule.max_steps=2"]
-
-
 def megadlm(*args: str, threads: int | None = None) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("OMP_NUM_THREADS", None)  # torch's default (every core); `--nproc N` gives each rank one
@@ -47,44 +41,33 @@ def megadlm(*args: str, threads: int | None = None) -> None:
         raise SystemExit(f"megadlm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def tiny_model(root: Path, corpus: Path) -> Path:
-    megadlm("prepare", "--input", str(corpus), "--out", str(root / "data"), "--seq-len", "32",
-            "--val-fraction", "0.1", "--no-progress")
-    run = root / "tiny_mdm"
-    megadlm("train", "tiny_mdm", "--run-dir", str(run), "--set", f"data.path={root / 'data'}",
-            *sum((["--set", o] for o in TINY_MODEL), []))
-    return run
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", nargs="?", help="an MDM checkpoint, run directory or HF export")
+    parser.add_argument("model", help="an MDM checkpoint, run directory or HF export")
     parser.add_argument("--text", help="held-out UTF-8 text (default: Python's pydoc topics)")
-    parser.add_argument("--docs", type=int, help="requests (default 256; 16 with --tiny)")
-    parser.add_argument("--bytes", type=int, dest="nbytes",
-                        help="bytes per request (default 128; 24 with --tiny)")
-    parser.add_argument("--mc-num", type=int, help="ELBO samples per request (default 128; 8 with --tiny)")
-    parser.add_argument("--rounds", type=int, help="timed rounds per side (default 2; 1 with --tiny)")
-    parser.add_argument("--tiny", action="store_true",
-                        help="a 2-step tiny MDM (seq 32) trained first; small defaults (tests use it)")
+    parser.add_argument("--docs", type=int, default=256, help="requests (default 256)")
+    parser.add_argument("--bytes", type=int, default=128, dest="nbytes",
+                        help="bytes per request (default 128)")
+    parser.add_argument("--mc-num", type=int, default=128, help="ELBO samples per request (default 128)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds per side (default 2)")
+    parser.add_argument("--skip-one-thread", action="store_true",
+                        help="leave out the one-thread side (smoke runs: the tests use it)")
     args = parser.parse_args(argv)
-    if not args.tiny and not args.model:
-        parser.error("name a model, or pass --tiny")
     from megadlm.data.corpus import write_pydoc_corpus
     from megadlm.evaluation.text_task import write_text_task
 
-    defaults = (16, 24, 8, 1) if args.tiny else (256, 128, 128, 2)
-    docs, nbytes, mc_num, rounds = (given if given is not None else default for given, default in
-                                    zip((args.docs, args.nbytes, args.mc_num, args.rounds), defaults))
+    docs, nbytes, mc_num, rounds = args.docs, args.nbytes, args.mc_num, args.rounds
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         root = Path(tmp)
-        corpus = write_pydoc_corpus(root / "pydoc")
-        text = Path(args.text).read_text(encoding="utf-8") if args.text else "\n".join(
-            p.read_text(encoding="utf-8") for p in sorted(corpus.glob("*.txt")))
+        if args.text:
+            text = Path(args.text).read_text(encoding="utf-8")
+        else:
+            text = "\n".join(p.read_text(encoding="utf-8")
+                             for p in sorted(write_pydoc_corpus(root / "pydoc").glob("*.txt")))
         write_text_task(text, "bench_text", docs, nbytes, root / "tasks", source=args.text or "pydoc topics")
-        model = str(tiny_model(root, corpus)) if args.tiny else args.model
+        model = args.model
         # (side, ranks, threads per process: None = torch's default, all cores; ranks get 1 each)
-        sides = [("1", 1, None), ("2", 2, None), ("1_one_thread", 1, 1)]
+        sides = [("1", 1, None), ("2", 2, None), *([] if args.skip_one_thread else [("1_one_thread", 1, 1)])]
         rates: dict[str, list[float]] = {side: [] for side, _, _ in sides}
         scoring: dict[str, list[float]] = {side: [] for side, _, _ in sides}
         scores: dict[str, float] = {}
@@ -102,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"({scoring[side][-1]:.2f} while scoring)", file=sys.stderr)
     one, two = statistics.median(rates["1"]), statistics.median(rates["2"])
     score_one, score_two = statistics.median(scoring["1"]), statistics.median(scoring["2"])
-    score_one_thread = statistics.median(scoring["1_one_thread"])
+    score_one_thread = statistics.median(scoring["1_one_thread"]) if scoring.get("1_one_thread") else None
     result = {"requests_per_s_1rank": round(one, 3), "requests_per_s_2rank": round(two, 3),
               "rank2_speedup": round(two / one, 3),
               # lm-eval's part alone (results.json's evaluation_seconds): no start-up or model loading
@@ -110,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
               "scoring_requests_per_s_2rank": round(score_two, 3),
               "scoring_rank2_speedup": round(score_two / score_one, 3),
               # 2 ranks of one thread each against 1 rank of one thread: how sharding scales per device
-              "scoring_requests_per_s_1rank_one_thread": round(score_one_thread, 3),
-              "scoring_rank2_over_one_thread": round(score_two / score_one_thread, 3),
+              "scoring_requests_per_s_1rank_one_thread": score_one_thread and round(score_one_thread, 3),
+              "scoring_rank2_over_one_thread": score_one_thread and round(score_two / score_one_thread, 3),
               "bits_per_byte": scores["1"],
               # the same per-request scores, summed in another order once gathered on rank 0
               "bits_per_byte_rel_diff": max(abs(v - scores["1"]) for v in scores.values()) / abs(scores["1"]),

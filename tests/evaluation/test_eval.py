@@ -186,3 +186,14 @@ def test_the_common_random_numbers_bench_runs_on_a_trained_model(trained, tmp_pa
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["questions"] == 6 and result["distractors"] == "perturbed"
     assert all(0 <= result[f"acc_mean_{k}"] <= 1 for k in ("independent", "shared"))
+
+
+def test_the_rank_scaling_bench_runs_on_a_trained_model(trained):
+    args = [str(checkpoint(trained["mdm"])), "--docs", "16", "--bytes", "24", "--mc-num", "8",
+            "--rounds", "1", "--skip-one-thread"]
+    proc = subprocess.run([sys.executable, "tools/bench_eval.py", *args], cwd=REPO, env=megadlm_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["requests_per_s_1rank"] > 0 and result["requests_per_s_2rank"] > 0
+    assert result["scoring_rank2_speedup"] > 0 and result["bits_per_byte_rel_diff"] <= 1e-12
