@@ -24,32 +24,49 @@ def objective_of(hf_dir: str | Path) -> str:
     return "mdm" if config.get("model_type") == MDM_MODEL_TYPE else "ar"
 
 
-def resolve_hf_dir(path: str, export_to: str | Path | None = None) -> tuple[Path, dict]:
-    """(an HF directory for `path`, where it came from). Checkpoints and run directories (their
-    newest verified checkpoint) are exported to `export_to`, by default CKPT.hf beside the
-    checkpoint; an existing export of the same checkpoint is reused."""
-    from megadlm.convert.export import export_hf
+def find_model(path: str) -> Path:
+    """The directory `path` names: an HF export, a checkpoint, or a run directory's newest checkpoint
+    whose checksums verify. Writes nothing."""
     from megadlm.train import checkpoint as ckpt
 
     src = Path(path)
-    if (src / "config.json").is_file():
-        return src, {"hf_dir": str(src.resolve())}
-    if (src / MANIFEST).is_file():
-        checkpoint = src
-    elif src.is_dir() and ckpt.has_checkpoints(str(src)):
+    if (src / "config.json").is_file() or (src / MANIFEST).is_file():
+        return src
+    if src.is_dir() and ckpt.has_checkpoints(str(src)):
         chosen = ckpt.choose(str(src))
         if chosen is None:
             raise EvalError(f"{src} has no complete checkpoint whose checksums verify")
-        checkpoint = Path(chosen[0])
-    else:
-        raise EvalError(f"{path} is not an HF model directory (config.json), a checkpoint ({MANIFEST}) "
-                        f"or a run directory with checkpoints")
+        return Path(chosen[0])
+    raise EvalError(f"{path} is not an HF model directory (config.json), a checkpoint ({MANIFEST}) "
+                    f"or a run directory with checkpoints")
+
+
+def model_objective(found: Path) -> str:
+    """"mdm" or "ar" for what `find_model` found, read from its config or checkpoint manifest."""
+    if (found / "config.json").is_file():
+        return objective_of(found)
+    return json.loads((found / MANIFEST).read_text())["facts"]["objective"]
+
+
+def hf_dir_for(found: Path, export_to: str | Path | None = None) -> tuple[Path, dict]:
+    """(an HF directory for what `find_model` found, where it came from). A checkpoint is exported to
+    `export_to`, by default CKPT.hf beside it; an existing export of the same checkpoint is reused."""
+    from megadlm.convert.export import export_hf
+
+    if (found / "config.json").is_file():
+        return found, {"hf_dir": str(found.resolve())}
+    checkpoint = found
     export_to = Path(export_to) if export_to else checkpoint.parent / f"{checkpoint.name}.hf"
     record_file = export_to / "megadlm_export.json"
     if record_file.is_file() and json.loads(record_file.read_text())["source"] == str(checkpoint.resolve()):
         return export_to, {"checkpoint": str(checkpoint.resolve()), "hf_dir": str(export_to)}
     export_hf(str(checkpoint), str(export_to))
     return export_to, {"checkpoint": str(checkpoint.resolve()), "hf_dir": str(export_to.resolve())}
+
+
+def resolve_hf_dir(path: str, export_to: str | Path | None = None) -> tuple[Path, dict]:
+    """`hf_dir_for(find_model(path), export_to)`: an HF directory for any model path."""
+    return hf_dir_for(find_model(path), export_to)
 
 
 @dataclass

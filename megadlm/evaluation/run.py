@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megadlm.evaluation.models import EvalError, objective_of, resolve_hf_dir
+from megadlm.evaluation.models import (
+    EvalError,
+    find_model,
+    hf_dir_for,
+    model_objective,
+    objective_of,
+    resolve_hf_dir,
+)
 from megadlm.evaluation.quiet_git import lm_eval_without_git_noise
 
 RESULTS_FILE = "results.json"
@@ -95,10 +102,11 @@ def check_request(req: EvalRequest, nproc: int = 1):
                         f"choose another --out (nothing was overwritten)")
     manager = _task_manager(req.include_path)
     _check_tasks(manager, req.tasks)
-    hf_dir, source = resolve_hf_dir(req.model, req.export_dir)
-    if nproc > 1 and objective_of(hf_dir) != "mdm":
+    found = find_model(req.model)
+    if nproc > 1 and model_objective(found) != "mdm":  # before exporting anything
         raise EvalError("--nproc applies to MDM models: AR models run lm-eval's own `hf` model in one "
                         "process (drop --nproc, or use lm-eval's accelerate launch on the export)")
+    hf_dir, source = hf_dir_for(found, req.export_dir)
     return manager, hf_dir, source
 
 
@@ -170,19 +178,12 @@ def _without_nproc(args: list[str]) -> list[str]:
 def launch_eval(req: EvalRequest, nproc: int, cli_args: list[str]) -> int:
     """`megadlm eval --nproc N`: check here (refusals exit 2 once), then run the same command in N
     torchrun workers, each scoring its share; returns the launch's exit code."""
-    import subprocess
-
-    from megadlm.exit_status import EXIT_DIR_ENV, combined_exit_code
-    from megadlm.train.launch import torchrun_command
+    from megadlm.train.launch import run_local_workers
 
     check_request(req, nproc)
-    cli_args = _without_nproc(cli_args)  # a worker knows it is one (LOCAL_RANK); torchrun's own parser
-    # would also take `--nproc` for an abbreviation of its --nproc-per-node
-    with tempfile.TemporaryDirectory(prefix="megadlm-exit-") as exit_dir:
-        env = {**os.environ, EXIT_DIR_ENV: exit_dir,
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        launcher_code = subprocess.call(torchrun_command(nproc, cli_args), env=env)
-        return combined_exit_code(launcher_code, exit_dir, nproc)
+    # a worker knows it is one (LOCAL_RANK); torchrun's own parser would also take `--nproc` for an
+    # abbreviation of its --nproc-per-node
+    return run_local_workers(nproc, _without_nproc(cli_args))
 
 
 def summary_lines(record: dict) -> list[str]:

@@ -24,6 +24,17 @@ def torchrun_command(nproc: int, megadlm_args: list[str]) -> list[str]:
             "-m", "megadlm", *megadlm_args]
 
 
+def run_local_workers(nproc: int, megadlm_args: list[str], env: dict[str, str] | None = None) -> int:
+    """Run `megadlm ARGS` in `nproc` torchrun workers on this machine (with `env` added) and return the
+    launch's exit code: the workers' own (exit_status), not torchrun's blanket 1 for any failure."""
+    with tempfile.TemporaryDirectory(prefix="megadlm-exit-") as exit_dir:
+        full_env = {**os.environ, **(env or {}), EXIT_DIR_ENV: exit_dir,
+                    # torchrun's own choice for several local workers, made here to spare its banner
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        code = subprocess.call(torchrun_command(nproc, megadlm_args), env=full_env)
+        return combined_exit_code(code, exit_dir, nproc)
+
+
 def train_arguments(config: str, overrides: list[str], run_dir: str, resume: bool, resume_from: str | None,
                     verbose: bool = False) -> list[str]:
     """The `megadlm train ...` arguments that reproduce this launch in a worker."""
@@ -60,13 +71,9 @@ def launch_training(config: str, overrides: list[str], run_dir: str | None = Non
 
         resume_point(run_dir, checked.facts, resume, resume_from)  # refuse a resume before any worker starts
     attempt = uuid.uuid4().hex
-    with tempfile.TemporaryDirectory(prefix="megadlm-exit-") as exit_dir:
-        env = {**os.environ, ATTEMPT_ENV: attempt, EXIT_DIR_ENV: exit_dir,
-               preflight.VERIFIED_ENV: os.path.abspath(checked.data_path),
-               # torchrun's own choice for several local workers, made here to spare its banner
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        args = train_arguments(config, overrides, run_dir, resume, resume_from, verbose)
-        code = combined_exit_code(subprocess.call(torchrun_command(nproc, args), env=env), exit_dir, nproc)
+    args = train_arguments(config, overrides, run_dir, resume, resume_from, verbose)
+    code = run_local_workers(nproc, args, {ATTEMPT_ENV: attempt,
+                                           preflight.VERIFIED_ENV: os.path.abspath(checked.data_path)})
     if code == EXIT_INTERRUPTED and not attempt_stopped_on_request(run_dir, attempt):
         return 1  # every worker said "stopped", yet this attempt's records do not: never ask for a resume
     return code

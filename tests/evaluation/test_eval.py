@@ -165,14 +165,17 @@ def test_eval_refuses_bad_input_before_writing(trained, local_tasks, tmp_path):
         (["eval", str(trained["mdm"]), "--tasks", "megadlm_tiny_mc",
           "--include-path", str(tmp_path / "nope")],
          "is not a directory of task YAML files"),
-        (["eval", str(trained["ar"]), "--tasks", "megadlm_tiny_mc", "--include-path", str(local_tasks),
-          "--nproc", "2"], "--nproc applies to MDM models"),
+        # a checkpoint no other test exports: the refusal must come before its export
+        (["eval", str(checkpoint(trained["ar"], step=10)), "--tasks", "megadlm_tiny_mc", "--include-path",
+          str(local_tasks), "--nproc", "2"], "--nproc applies to MDM models"),
     ]
+    runs_before = {objective: snapshot(run) for objective, run in trained.items()}
     for args, message in cases:
         proc = run_cli(*args, "--out", str(tmp_path / "out"), check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert not (tmp_path / "out").exists()
+    assert {objective: snapshot(run) for objective, run in trained.items()} == runs_before  # no export
 
 
 def test_the_common_random_numbers_bench_runs_on_a_trained_model(trained, tmp_path):
