@@ -62,6 +62,8 @@ def test_bench_startup_smoke_mode():
     assert float(fields["eager_s"]) > 0 and float(fields["deferred_s"]) > 0
     assert fields["deferred_imports_sklearn"] == "False"
     assert fields["deferred_imports_transformers"] == "False"
+    assert float(fields["compile_eager_s"]) > 0 and float(fields["compile_deferred_s"]) > 0
+    assert fields["eager_imports_inductor"] == "True" and fields["deferred_imports_inductor"] == "False"
 
 
 def test_bench_prepare_tiny_mode_compares_one_and_two_workers():
