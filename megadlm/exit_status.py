@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from megadlm.atomic_files import write_atomically
 from megadlm.errors import EXIT_INTERRUPTED
 
 EXIT_DIR_ENV = "MEGADLM_EXIT_DIR"
@@ -17,10 +18,7 @@ def record_exit_code(code: int) -> None:
     directory, rank = os.environ.get(EXIT_DIR_ENV), os.environ.get("RANK")
     if not directory or rank is None:
         return
-    tmp = os.path.join(directory, f".rank{rank}.tmp")
-    with open(tmp, "w") as f:
-        f.write(str(int(code)))
-    os.replace(tmp, os.path.join(directory, f"rank{rank}"))
+    write_atomically(os.path.join(directory, f"rank{rank}"), str(int(code)))
 
 
 def recorded_exit_codes(directory: str) -> dict[int, int]:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from megadlm.atomic_files import write_atomically
 from megadlm.data.corpus import cache_root
 from megadlm.errors import DataError
 
@@ -65,9 +65,7 @@ def _save_record(data_dir: str, shards: dict[str, dict]) -> None:
     path = _record_path(data_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-            json.dump({"data_dir": os.path.abspath(data_dir), "shards": shards}, f)
-        os.replace(f.name, path)
+        write_atomically(path, json.dumps({"data_dir": os.path.abspath(data_dir), "shards": shards}))
     except OSError:
         pass
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megadlm.atomic_files import atomic_writer, write_atomically
 from megadlm.evaluation.models import (
     EvalError,
     find_model,
@@ -144,23 +144,19 @@ def run_eval(req: EvalRequest) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if req.log_samples:
         _write_samples(out / SAMPLES_FILE, results.get("samples", {}))
-    tmp = out / f".{RESULTS_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, out / RESULTS_FILE)
+    write_atomically(out / RESULTS_FILE, json.dumps(record, indent=2, default=str))
     return record
 
 
 def _write_samples(path: Path, samples: dict) -> None:
     """One line per (task, document): its scores as the model returned them and its metrics."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_writer(path) as f:
         for task in sorted(samples):
             for sample in sorted(samples[task], key=lambda s: (s["doc_id"], s["filter"])):
                 kept = {k: sample[k] for k in ("doc_id", "filter", "resps", "filtered_resps")}
                 metrics = {m: sample.get(m) for m in sample.get("metrics", [])}
                 line = {"task": task, **kept, "metrics": metrics}
                 f.write(json.dumps(line, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _without_nproc(args: list[str]) -> list[str]:

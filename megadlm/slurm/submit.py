@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megadlm.atomic_files import write_atomically
 from megadlm.errors import UserError
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
@@ -122,12 +123,6 @@ def sbatch(script_path: str) -> str:
     if proc.returncode != 0:
         raise SlurmError(f"sbatch failed: {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout.strip().split(";")[0]
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def record_job(directory: Path, job_id: str, res: Resources, script: Path, **extra) -> dict:

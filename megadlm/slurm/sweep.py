@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from megadlm.atomic_files import write_atomically
 from megadlm.errors import ConfigError, UserError
 from megadlm.slurm.submit import (
     Resources,
@@ -39,7 +40,6 @@ from megadlm.slurm.submit import (
     render,
     sbatch,
     sbatch_test_only,
-    write_atomically,
 )
 
 MANIFEST = "sweep.json"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megadlm.atomic_files import write_atomically
 from megadlm.errors import CheckpointError, TrainingError
 from megadlm.parallel.dropout_streams import attention_dropout_stream
 from megadlm.preflight import RunFacts
@@ -230,14 +231,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def write_manifest(directory: str, tag: str, train_state: dict, facts: dict, config: dict,
                    sums: dict[str, str], best: dict | None = None) -> None:
@@ -248,7 +241,7 @@ def write_manifest(directory: str, tag: str, train_state: dict, facts: dict, con
                           for name in sorted(sums)}}
     if best is not None:
         manifest["best"] = best
-    _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
+    write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1), durable=True)
 
 
 def _unmark_best(root: str, keep: str) -> None:
@@ -258,7 +251,7 @@ def _unmark_best(root: str, keep: str) -> None:
         directory = os.path.join(root, name)
         manifest = read_checkpoint_manifest(directory) if name.startswith("step_") and name != keep else None
         if manifest and manifest.pop("best", None) is not None:
-            _write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1))
+            write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1), durable=True)
 
 
 def hash_directory(directory: str) -> dict[str, str]:
@@ -297,7 +290,7 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
             shutil.rmtree(final)
         os.rename(work, final)
         _fsync_dir(root)
-        _write_atomically(os.path.join(root, LATEST), tag)
+        write_atomically(os.path.join(root, LATEST), tag, durable=True)
         if best is not None:  # only now: a crash before this point leaves the old best marked
             _unmark_best(root, keep=tag)
         _prune(root, retention, keep=tag)

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from megadlm.atomic_files import atomic_writer
 from megadlm.config.schema import Config
 from megadlm.rundir import ATTEMPT_ENV, metrics_path
 
@@ -149,9 +150,8 @@ def _truncate_after(path: str, step: int) -> None:
         lines = [line for line in f if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
-        with open(path + ".tmp", "w") as f:
+        with atomic_writer(path) as f:
             f.writelines(kept)
-        os.replace(path + ".tmp", path)
 
 
 def slurm_restarts() -> int:
