@@ -18,8 +18,10 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                              "save_to_disk")
     parser.add_argument("--text-field", default="text", metavar="NAME",
                         help="the JSON field / parquet or dataset column holding the text (default text)")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output directory (shards + manifest.json)")
+    parser.add_argument("--out", required=True, metavar="DIR|URL",
+                        help="output directory (shards + manifest.json), or an object-store prefix "
+                             "(s3://bucket/prefix, gs://...; an empty one) to prepare into and upload to, "
+                             "for a sweep's data.remote")
     parser.add_argument("--tokenizer", default="bytes", metavar="bytes|PATH",
                         help="'bytes' (built-in byte tokenizer, default) or a HF tokenizer.json / its "
                              "directory")
@@ -55,12 +57,17 @@ def _fmt_split(name: str, split: dict[str, Any]) -> str:
 def run_prepare(args: argparse.Namespace) -> int:
     """Run `prepare` from parsed arguments and print a summary; DataError propagates to the main CLI."""
     from megadlm.data.prepare import prepare
+    from megadlm.data.publish import is_remote, prepare_to_store
 
-    manifest = prepare(
-        inputs=args.input, out=args.out, tokenizer=args.tokenizer, seq_len=args.seq_len,
-        val_fraction=args.val_fraction, val_inputs=args.val_input, max_tokens=args.max_tokens,
-        train_bpe=args.train_bpe, progress=not args.no_progress, overwrite=args.overwrite,
-        skip_bad_documents=args.skip_bad_documents, text_field=args.text_field, workers=args.workers)
+    options = dict(inputs=args.input, tokenizer=args.tokenizer, seq_len=args.seq_len,
+                   val_fraction=args.val_fraction, val_inputs=args.val_input, max_tokens=args.max_tokens,
+                   train_bpe=args.train_bpe, progress=not args.no_progress, overwrite=args.overwrite,
+                   skip_bad_documents=args.skip_bad_documents, text_field=args.text_field,
+                   workers=args.workers)
+    if is_remote(args.out):
+        manifest = prepare_to_store(args.out, **options)
+    else:
+        manifest = prepare(out=args.out, **options)
     tok = manifest["tokenizer"]
     skipped = ""
     if args.skip_bad_documents:  # shown even when 0: the user asked, so tell them how many there were

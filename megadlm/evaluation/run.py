@@ -59,11 +59,11 @@ class EvalRequest:
 
 
 def _task_manager(include_path: str | None):
-    from lm_eval.tasks import TaskManager
+    from megadlm.evaluation.task_index import task_manager
 
     if include_path and not Path(include_path).is_dir():
         raise EvalError(f"--include-path {include_path} is not a directory of task YAML files")
-    return TaskManager(include_path=include_path)
+    return task_manager(include_path)
 
 
 def _check_tasks(manager, tasks: list[str]) -> None:
