@@ -7,10 +7,13 @@ hide our own `megadlm:` messages. They are all kept, in the file, for whoever ne
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import warnings
+from collections.abc import Iterator
 
 # Library records at this level and above are real errors: they stay on the console (and the file).
 CONSOLE_LEVEL = logging.ERROR
@@ -147,3 +150,41 @@ def log_library_output_to(log_path: str) -> None:
     buffered so far goes there first. No-op unless `route_library_output` was called."""
     if warnings.showwarning is _showwarning:
         _ROUTER.open(log_path)
+
+
+class _PrintsToLog:
+    """A stdout stand-in for one library call: whole lines go to the log file as `print` records."""
+
+    def __init__(self, library: str):
+        self.library, self.pending = library, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.strip():
+                _ROUTER.write(_FILE_FORMAT.format(logging.LogRecord(
+                    f"{self.library}.print", logging.INFO, "", 0, line, None, None)))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending.strip():
+            self.write("\n")
+
+
+@contextlib.contextmanager
+def library_prints_to_log(library: str) -> Iterator[None]:
+    """What `library` prints to stdout during the block goes to the log file (DeepSpeed prints "DeepSpeed
+    deepspeed.ops.comm.deepspeed_shm_comm_op built successfully" from every CPU rank's process group
+    setup). Only Python-level prints of this thread's calls are caught. A no-op unless
+    `route_library_output` was called, and when it was called with verbose=True."""
+    if warnings.showwarning is not _showwarning or _ROUTER.verbose:
+        yield
+        return
+    stream = _PrintsToLog(library)
+    with contextlib.redirect_stdout(stream):
+        try:
+            yield
+        finally:
+            stream.flush()
+            sys.stdout.flush()

@@ -24,6 +24,11 @@ early.warning("record of a logger made before the call")
 logging.getLogger("DeepSpeed").error("library error record")
 logging.getLogger("megadlm.train").warning("our own logger")
 print("megadlm: our own message", file=sys.stderr)
+from megadlm.console import library_prints_to_log
+with library_prints_to_log("deepspeed"):  # as DeepSpeed prints from its process-group setup
+    print("DeepSpeed shm op built successfully")
+    print("an unfinished line", end="")
+print("megadlm: printed after the block")
 """
 
 
@@ -48,6 +53,8 @@ def test_library_warnings_and_records_go_to_the_file_not_the_console(tmp_path):
     assert "library error record" in console and "library error record" in written  # a real error
     assert "our own logger" in console and "megadlm: our own message" in console
     assert "our own" not in written
+    assert "INFO deepspeed.print" in written and "built successfully" not in console
+    assert "an unfinished line" in written and "megadlm: printed after the block" in proc.stdout
 
 
 def test_verbose_shows_them_on_the_console_as_well(tmp_path):
@@ -56,6 +63,7 @@ def test_verbose_shows_them_on_the_console_as_well(tmp_path):
     for noise in (MEGATRON_WARNING, TORCH_FUTURE_WARNING, "library record below ERROR"):
         assert noise in proc.stderr, noise
         assert noise in log.read_text(), noise
+    assert "built successfully" in proc.stdout
 
 
 def test_lines_from_before_the_log_file_is_named_are_written_to_it(tmp_path):

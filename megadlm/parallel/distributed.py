@@ -73,7 +73,10 @@ def init_distributed(tp: int, pp: int) -> Layout:
             # (EADDRINUSE, seen with `megadlm sweep --local --parallel 2`). DeepSpeed adopts the group.
             dist.init_process_group(backend(), store=dist.HashStore(), rank=0, world_size=1)
         else:
-            deepspeed.init_distributed(dist_backend=backend(), verbose=False)
+            from megadlm.console import library_prints_to_log
+
+            with library_prints_to_log("deepspeed"):  # its CPU shared-memory op's "built successfully"
+                deepspeed.init_distributed(dist_backend=backend(), verbose=False)
     if not ps.model_parallel_is_initialized():
         # "tp-cp-ep-pp-dp": data-parallel is the slowest axis, matching the streaming replication
         # layout and DeepSpeed's pipeline topology (see docs/architecture.md). No extra gloo copies
