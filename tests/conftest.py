@@ -26,6 +26,28 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
              "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
 
+# DeepSpeed's CPU backend JIT-builds a C++ op (its shared-memory allreduce) in every process's group
+# setup. Built here, in this checkout's own directory, before any test process needs it: a build inside
+# a test would count against the test (30-45 s on 2 cores), fail under a test's file-size limit
+# (test_disk_full_during_save...) and, in the shared ~/.cache, be rebuilt whenever another checkout of
+# the repository (another venv path, so other build flags) has built it since.
+TORCH_EXTENSIONS_DIR = REPO / ".torch_extensions"
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(TORCH_EXTENSIONS_DIR))  # also for in-process tests
+BUILD_DEEPSPEED_OPS = (
+    "from deepspeed.accelerator import get_accelerator\n"
+    "builder = get_accelerator().create_op_builder('ShareMemCommBuilder')\n"
+    "builder is None or builder.load(verbose=False)\n")
+_ops_built = False
+
+
+def _build_deepspeed_ops(env: dict) -> None:
+    global _ops_built
+    if not _ops_built:  # once per test process; concurrent builders wait on torch's own lock file
+        subprocess.run([sys.executable, "-c", BUILD_DEEPSPEED_OPS], env=env, cwd=REPO, check=True,
+                       capture_output=True, timeout=900)
+        _ops_built = True
+
+
 def megadlm_env() -> dict:
     """The environment of a fresh user shell: no process-group variables left by in-process tests."""
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
@@ -36,6 +58,7 @@ def megadlm_env() -> dict:
     # its workers). A value the developer set wins.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(OFFLINE_HF)
+    _build_deepspeed_ops(env)
     return env
 
 
