@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from megadlm.errors import UserError
+from megadlm.reporting.downstream import checkpoint_step, downstream_rows, plot_downstream
 from megadlm.rundir import read_metrics
 
 OVERFIT_TOLERANCE = 0.005  # final val loss this far (relative) above the minimum = "turned up"
@@ -135,15 +136,23 @@ def eval_rows(runs: list[Run]) -> tuple[list[str], list[dict]]:
     for run in runs:
         if run.evals:
             evaluated.setdefault(run.arm, []).append(run.seed)
+        per_run: dict[str, list[tuple[int, float]]] = {}  # column -> (checkpoint step or -1, value)
         for record in run.evals:
             ev = record["evaluator"]
             estimator = ev.get("estimator", "?") + (f" mc={ev['mc_num']}" if ev.get("mc_num") else "")
+            step = checkpoint_step(record)
             for task, metrics in record["tasks"].items():
                 for key, value in metrics.items():
                     if "," not in key or "stderr" in key or not isinstance(value, (int, float)):
                         continue
                     column = f"{task}/{key.split(',')[0]} [{estimator}]"
-                    cells.setdefault((run.arm, column), {}).setdefault("v", []).append(float(value))
+                    per_run.setdefault(column, []).append((-1 if step is None else step, float(value)))
+        for column, values in per_run.items():
+            # several checkpoints of one run scored alike: the latest stands for the run here (the
+            # downstream-over-training section has them all); otherwise their mean
+            latest = max(step for step, _ in values)
+            kept = [v for step, v in values if step == latest] if latest >= 0 else [v for _, v in values]
+            cells.setdefault((run.arm, column), {}).setdefault("v", []).append(statistics.fmean(kept))
     columns = sorted({c for _, c in cells})
     rows = []
     for arm in dict.fromkeys(r.arm for r in runs):
@@ -236,7 +245,8 @@ def write_experiment_report(paths: list[str], out_dir: str) -> str:
                       f"{OVERFIT_TOLERANCE:.1%} above it; turned up = the first later epoch more than "
                       f"{OVERFIT_TOLERANCE:.1%} above it.", ""]
         if evals:
-            lines += ["Downstream (mean over the evaluated seeds; the estimator is part of each column):", "",
+            lines += ["Downstream (mean over the evaluated seeds, each run's latest evaluated checkpoint; "
+                      "the estimator is part of each column):", "",
                       "| arm | seeds evaluated | " + " | ".join(columns) + " |",
                       "|---|---|" + "---|" * len(columns)]
             for row in evals:
@@ -244,9 +254,34 @@ def write_experiment_report(paths: list[str], out_dir: str) -> str:
                 lines.append(f"| {row['arm']} | {seeds} | "
                              + " | ".join(_fmt(row[c]) for c in columns) + " |")
             lines.append("")
+        lines += _downstream_section(members, out / f"downstream_{k}.png", summary["budgets"][-1])
     (out / "summary.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return "\n".join(lines)
+
+
+def _downstream_section(members: list[Run], png: Path, budget_summary: dict) -> list[str]:
+    """Scores of each evaluated checkpoint by epoch (plot) and, per arm, at best-by-validation, at the
+    final evaluated checkpoint and the best over checkpoints (table); nothing without such results."""
+    rows = [r for r in downstream_rows(members) if max(r["checkpoints"]) > 1]
+    if not rows or not plot_downstream(members, png, "downstream score vs epoch"):
+        return []
+    budget_summary["downstream"] = {"plot": png.name, "rows": rows}
+    lines = ["Downstream over training (each evaluated checkpoint; means over the arm's seeds):", "",
+             f"![downstream]({png.name})", "",
+             "| arm | task | metric [estimator] | seeds | checkpoints | at best val | at final | best "
+             "| @epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["task"] == "average", r["task"], r["estimator"], r["arm"])):
+        seeds = ", ".join("?" if s is None else str(s) for s in r["seeds"])
+        checkpoints = ", ".join(str(c) for c in r["checkpoints"])
+        lines.append(f"| {r['arm']} | {r['task']} | {r['metric']} [{r['estimator']}] | {seeds} "
+                     f"| {checkpoints} | {_fmt(r['at_best_val'])} | {_fmt(r['at_final'])} "
+                     f"| {_fmt(r['best'])} | {_fmt(r['best_epoch'], '.2f')} |")
+    lines += ["", "At best val: the checkpoint at the lowest validation loss among those evaluated (the "
+                  "one `checkpoint.keep_best: val_loss` keeps); best: over every evaluated checkpoint "
+                  "(highest, or lowest for bits_per_byte), chosen with hindsight on the task itself.", ""]
+    return lines
 
 
 def _bits_per_byte(evals: list[dict], arm: str, task: str) -> tuple[float | None, str]:
