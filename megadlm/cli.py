@@ -194,6 +194,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         "gathers them); scores equal one process's")
     p.add_argument("--log-samples", action="store_true",
                    help="also write each request's scores and metrics to OUT/samples.jsonl")
+    p.add_argument("--checkpoints", choices=["all", "best", "final"],
+                   help="MODEL is a run directory: score each of its verified checkpoints (all), the one "
+                        "checkpoint.keep_best marked (best) or the newest (final) into OUT/<checkpoint>/, "
+                        "skipping those already scored; `megadlm report` plots them by epoch")
     _add_sampling_arguments(p, length_flag="--gen-length")
 
     p = sub.add_parser("generate", help="continue a prompt with an MDM or AR checkpoint or export",
@@ -358,6 +362,8 @@ def _cmd_eval(args) -> int:
                       limit=args.limit, include_path=args.include_path, estimator=args.estimator,
                       mc_num=args.mc_num, seed=args.seed, device=args.device, batch_size=args.batch_size,
                       export_dir=args.export_dir, generation=generation, log_samples=args.log_samples)
+    if args.checkpoints:
+        return _eval_checkpoints(req, args)
     if args.nproc != 1 and "LOCAL_RANK" not in os.environ:  # workers run this command; rank 0 reports
         return launch_eval(req, args.nproc, args.argv)
     record = run_eval(req)
@@ -366,6 +372,24 @@ def _cmd_eval(args) -> int:
     for line in summary_lines(record):
         print(line)
     print(f"wrote {os.path.join(args.out, 'results.json')}")
+    return 0
+
+
+def _eval_checkpoints(req, args) -> int:
+    from megadlm.evaluation.models import EvalError
+    from megadlm.evaluation.over_training import score_checkpoints
+    from megadlm.evaluation.run import summary_lines
+
+    if args.nproc != 1:
+        raise EvalError("--checkpoints runs in one process; for --nproc N, run `megadlm eval CKPT --nproc N "
+                        "--out OUT/<checkpoint>` per checkpoint")
+    for checkpoint, record in score_checkpoints(req, args.checkpoints):
+        if record is None:
+            print(f"{checkpoint.name}: already scored in {os.path.join(args.out, checkpoint.name)}")
+            continue
+        for line in summary_lines(record):
+            print(f"{checkpoint.name}: {line}")
+    print(f"wrote {args.out}/<checkpoint>/results.json")
     return 0
 
 

@@ -3,6 +3,7 @@ lm-eval's real `simple_evaluate` with the shipped local tasks (multiple choice, 
 generation); the MDM ELBO converges to the enumerated value on the trained model."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -168,6 +169,8 @@ def test_eval_refuses_bad_input_before_writing(trained, local_tasks, tmp_path):
         # a checkpoint no other test exports: the refusal must come before its export
         (["eval", str(checkpoint(trained["ar"], step=10)), "--tasks", "megadlm_tiny_mc", "--include-path",
           str(local_tasks), "--nproc", "2"], "--nproc applies to MDM models"),
+        (["eval", str(trained["ar"]), "--checkpoints", "best", "--tasks", "megadlm_tiny_mc", "--include-path",
+          str(local_tasks)], "is marked best: the run needs checkpoint.keep_best"),
     ]
     runs_before = {objective: snapshot(run) for objective, run in trained.items()}
     for args, message in cases:
@@ -200,3 +203,29 @@ def test_the_rank_scaling_bench_runs_on_a_trained_model(trained):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["requests_per_s_1rank"] > 0 and result["requests_per_s_2rank"] > 0
     assert result["scoring_rank2_speedup"] > 0 and result["bits_per_byte_rel_diff"] <= 1e-12
+
+
+def test_every_checkpoint_is_scored_once_and_the_report_plots_them_by_epoch(trained, local_tasks, tmp_path):
+    run = tmp_path / "run"  # the run's records, to report on; the shared trained run stays as it is
+    run.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(trained["mdm"] / name, run / name)
+    out = run / "eval"
+    args = ["eval", str(trained["mdm"]), "--checkpoints", "all", "--tasks", "megadlm_tiny_mc",
+            "--include-path", str(local_tasks), "--mc-num", "2", "--out", str(out)]
+    run_cli(*args)
+    names = ["step_00000010", "step_00000020"]
+    assert sorted(p.name for p in out.iterdir()) == names  # and no export left behind
+    first = {name: (out / name / "results.json").read_text() for name in names}
+    assert json.loads(first[names[0]])["model"]["checkpoint"] == str(checkpoint(trained["mdm"], 10).resolve())
+    (out / names[1] / "results.json").unlink()  # as if that one had failed
+    proc = run_cli(*args)
+    assert f"{names[0]}: already scored" in proc.stdout and f"{names[1]}: megadlm_tiny_mc" in proc.stdout
+    assert (out / names[0] / "results.json").read_text() == first[names[0]]
+    again = json.loads((out / names[1] / "results.json").read_text())
+    assert again["tasks"] == json.loads(first[names[1]])["tasks"]  # content seeds: the same scores
+    run_cli("report", str(run), "--out", str(tmp_path / "report"))
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    (row,) = summary["budgets"][0]["downstream"]["rows"]
+    assert (row["task"], row["metric"], row["checkpoints"]) == ("megadlm_tiny_mc", "acc_norm", [2])
+    assert (tmp_path / "report" / "downstream_0.png").stat().st_size > 10_000
