@@ -48,6 +48,14 @@ def _build_deepspeed_ops(env: dict) -> None:
         _ops_built = True
 
 
+def pytest_collection_modifyitems(items):
+    """Files with a `longest` test first (otherwise in collection order). `pytest -n 2 --dist loadfile`
+    hands files to the two workers in this order: the 7-minute demo starting last would leave one
+    worker idle while the other runs it; starting first, the rest of the suite fills the other worker."""
+    longest = {item.path for item in items if item.get_closest_marker("longest")}
+    items.sort(key=lambda item: item.path not in longest)  # stable: the order within stays
+
+
 def megadlm_env() -> dict:
     """The environment of a fresh user shell: no process-group variables left by in-process tests."""
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}

@@ -11,6 +11,7 @@ from tests.conftest import run_cli, train_records
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_the_demo_shows_ar_overfitting_and_mdm_not_for_two_seeds(tmp_path):
     """The demo's own budget, as a user runs it (offline corpus), for two seeds: AR's validation turns
     up, MDM's does not, each arm's best checkpoint is scored on held-out text, and it fits its time."""
