@@ -176,8 +176,10 @@ class _PrintsToLog:
 def library_prints_to_log(library: str) -> Iterator[None]:
     """What `library` prints to stdout during the block goes to the log file (DeepSpeed prints "DeepSpeed
     deepspeed.ops.comm.deepspeed_shm_comm_op built successfully" from every CPU rank's process group
-    setup). Only Python-level prints of this thread's calls are caught. A no-op unless
-    `route_library_output` was called, and when it was called with verbose=True."""
+    setup). sys.stdout is replaced process-wide for the block, so keep it around one library call
+    (another thread's prints in that window go to the file too); output C code writes to the file
+    descriptor is not caught. A no-op unless `route_library_output` was called, and when it was
+    called with verbose=True."""
     if warnings.showwarning is not _showwarning or _ROUTER.verbose:
         yield
         return

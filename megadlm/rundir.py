@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 CONFIG = "config.yaml"
@@ -29,6 +30,7 @@ LATEST = "latest"
 CHECKPOINT_MANIFEST = "megadlm_manifest.json"
 LOGS = "logs"
 ATTEMPT_ENV = "MEGADLM_ATTEMPT"
+CHECKPOINT_TAG = re.compile(r"step_\d+")
 
 
 def resolve_run_dir(cfg, explicit: str | None = None) -> str:
@@ -52,10 +54,16 @@ def rank_log_path(run_dir: str, rank: int) -> str:
     return os.path.join(run_dir, LOGS, f"rank{rank:05d}.log")
 
 
+def is_checkpoint_tag(name: str) -> bool:
+    """Whether a name in RUN_DIR/checkpoints is a checkpoint's (step_NNNNNNNN), not something kept
+    beside them (a `megadlm eval` export step_N.hf, a save's .incomplete_ directory)."""
+    return CHECKPOINT_TAG.fullmatch(name) is not None
+
+
 def has_checkpoint_dirs(run_dir: str) -> bool:
     """Whether RUN_DIR/checkpoints holds any step_* directory (complete or not: not verified)."""
     root = checkpoint_root(run_dir)
-    return os.path.isdir(root) and any(name.startswith("step_") for name in os.listdir(root))
+    return os.path.isdir(root) and any(is_checkpoint_tag(name) for name in os.listdir(root))
 
 
 def read_checkpoint_manifest(directory: str) -> dict | None:
@@ -77,7 +85,7 @@ def best_checkpoint(run_dir: str) -> tuple[str, dict] | None:
         return None
     marked = []
     for name in sorted(os.listdir(root)):
-        manifest = read_checkpoint_manifest(os.path.join(root, name)) if name.startswith("step_") else None
+        manifest = read_checkpoint_manifest(os.path.join(root, name)) if is_checkpoint_tag(name) else None
         mark = (manifest or {}).get("best")
         if mark:
             marked.append((mark["value"], os.path.join(root, name), mark))

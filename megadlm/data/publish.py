@@ -49,6 +49,9 @@ class RemoteOut:
             self.uploader = CloudUploader.get(out=(str(staging), self.remote), keep_local=False,
                                               exist_ok=True)
             existing = self.uploader.list_objects()
+        except ImportError as e:  # each store's client library is optional (boto3 for s3://)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DataError(f"--out {self.remote} needs the {e.name} package: pip install {e.name}") from None
         except Exception as e:  # the store's own exceptions: missing bucket, credentials, bad scheme
             shutil.rmtree(staging, ignore_errors=True)
             raise DataError(f"cannot write to {self.remote}: {_reason(e)}. Check --out and the store's "

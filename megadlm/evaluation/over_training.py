@@ -1,11 +1,11 @@
 """`megadlm eval RUN_DIR --checkpoints all|best|final --out DIR`: score a run's kept checkpoints.
 
 Each chosen checkpoint is scored as `megadlm eval CKPT --out DIR/<checkpoint name>` would score it, in
-this one process (lm-eval and the task index are loaded once). A checkpoint whose
-DIR/<name>/results.json exists is skipped, so a rerun after a failure or after training went on
-scores only what is missing. Exports are made in DIR/.export-<name> and removed once scored (a
-kept checkpoint's export would otherwise double the run's storage); `--export-dir` keeps them there
-instead. `megadlm report` then plots the scores by epoch (reporting/downstream.py).
+this one process (lm-eval is imported once; its task index comes from the cache each time). A
+checkpoint whose DIR/<name>/results.json exists is skipped, so a rerun after a failure or after
+training went on scores only what is missing. Exports are made in DIR/.export-<name> and removed
+once scored (a kept checkpoint's export would otherwise double the run's storage); `--export-dir`
+keeps them there instead. `megadlm report` then plots the scores by epoch (reporting/downstream.py).
 
 - all: every checkpoint whose checksums verify, oldest first (unusable ones are named and skipped);
 - best: the one `checkpoint.keep_best` marked;

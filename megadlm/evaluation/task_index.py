@@ -3,8 +3,9 @@
 Constructing `lm_eval.tasks.TaskManager` parses every task YAML lm-eval ships (about 14,000 files in
 0.4.13) to index names: about 7 s of CPU on every `megadlm eval`, on every rank of `--nproc`, and
 before any refusal ("unknown task") can be printed. That index only changes when lm-eval does, so it is
-kept as JSON in $MEGADLM_CACHE/lm_eval/, keyed by lm-eval's version and a fingerprint of its task
-files (count, total size, newest mtime: a reinstall or an edit in place rebuilds it). JSON, not pickle:
+kept as JSON in $MEGADLM_CACHE/lm_eval/, keyed by lm-eval's version, where it is installed, and a
+fingerprint of its task files (count, total size, newest mtime: a reinstall or an edit in place
+rebuilds it; an older index of the same install is removed, other installs' are left alone). JSON, not pickle:
 the cache may be shared, and reading it must not run code.
 
 The TaskManager itself is lm-eval's, constructed as lm-eval does; only its per-directory index build
@@ -36,17 +37,27 @@ def _defaults_dir() -> Path:
     return Path(lm_eval.tasks.__file__).parent
 
 
-def _fingerprint(root: Path) -> str:
+def _short_hash(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
+
+
+def _install_key(root: Path) -> str:
+    """Which lm-eval install: its version and where its tasks are (two venvs may share the cache)."""
     import lm_eval
 
+    return f"{lm_eval.__version__}-{_short_hash([CACHE_FORMAT, str(root.resolve())])}"
+
+
+def _fingerprint(root: Path) -> str:
+    """The install and its task files' state: count, total size and newest mtime of every file but
+    Python code (task YAMLs and the extension-less templates they `include:`)."""
     count = size = newest = 0
     for base, _, names in os.walk(root):
         for name in names:
-            if name.endswith(".yaml"):
+            if not name.endswith((".py", ".pyc")):
                 st = os.stat(os.path.join(base, name))
                 count, size, newest = count + 1, size + st.st_size, max(newest, st.st_mtime_ns)
-    key = json.dumps([CACHE_FORMAT, lm_eval.__version__, str(root.resolve()), count, size, newest])
-    return f"{lm_eval.__version__}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return f"{_install_key(root)}-{_short_hash([count, size, newest])}"
 
 
 def _exactly_json(value: Any) -> bool:
@@ -91,7 +102,7 @@ def default_task_index(build) -> dict:
         with contextlib.suppress(OSError):  # an unwritable cache only means building again next time
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, json.dumps(encoded))
-            for stale in path.parent.glob("task_index-*.json"):
+            for stale in path.parent.glob(f"task_index-{_install_key(root)}-*.json"):  # this install's
                 if stale != path:
                     stale.unlink(missing_ok=True)
     return index

@@ -8,9 +8,10 @@ arm share a task's panel (a right answer is a right answer whatever estimated th
 bits/byte only shares one with the same estimator's (an MC-ELBO is a bound, not the NLL).
 
 Per task the score is lm-eval's `acc_norm` where the task reports it, else `acc`, else `exact_match`,
-else `bits_per_byte` (lower is better); the suite average is the mean over an estimator's tasks whose
-scores point the same way. Best-by-validation is the evaluated checkpoint at the step with the lowest
-validation loss (what `checkpoint.keep_best: val_loss` keeps); final is the last evaluated one.
+else `bits_per_byte` (lower is better); the suite average is the mean of an estimator's accuracy-like
+(higher is better) task scores, over the steps where all of them were evaluated. Best-by-validation
+is the evaluated checkpoint at the step with the lowest validation loss (what `checkpoint.keep_best:
+val_loss` keeps); final is the last evaluated one.
 """
 from __future__ import annotations
 
@@ -70,6 +71,17 @@ def _epochs_by_step(run_dir: str) -> tuple[dict[int, float], dict[int, float]]:
     return epochs, val_loss
 
 
+def _epoch_at(step: int | None, epochs: dict[int, float]) -> float | None:
+    """The epoch at `step`: recorded there, else scaled from the nearest recorded step (a checkpoint
+    saved between logged steps: a stop request, a save interval that is not a log interval's multiple)."""
+    if step is None or not epochs:
+        return None
+    if step in epochs:
+        return epochs[step]
+    nearest = min((s for s in epochs if s > 0), key=lambda s: abs(s - step), default=None)
+    return None if nearest is None else epochs[nearest] * step / nearest
+
+
 def run_series(run) -> tuple[list[Series], dict[int, float]]:
     """A reporting Run's per-checkpoint series (with an AVERAGE series per estimator), and its
     validation loss by step."""
@@ -77,8 +89,9 @@ def run_series(run) -> tuple[list[Series], dict[int, float]]:
     series: dict[tuple[str, str, str], Series] = {}
     for record in run.evals:
         step = checkpoint_step(record)
-        if step is None or step not in epochs:
-            continue  # not a checkpoint of this run (an HF export, another run's checkpoint)
+        epoch = _epoch_at(step, epochs)
+        if epoch is None:
+            continue  # not a checkpoint (an HF export), or a run without step records
         estimator = _estimator(record["evaluator"])
         for task, metrics in record["tasks"].items():
             scored = score_of(metrics)
@@ -88,17 +101,17 @@ def run_series(run) -> tuple[list[Series], dict[int, float]]:
             key = (task, metric, estimator)
             s = series.setdefault(key, Series(run.run_dir, run.arm, run.seed, task, metric, estimator,
                                               higher))
-            s.points[step] = (epochs[step], value)
+            s.points[step] = (epoch, value)
     found = list(series.values())
     for estimator in dict.fromkeys(s.estimator for s in found):
-        members = [s for s in found if s.estimator == estimator]
-        if len(members) < 2 or len({s.higher_is_better for s in members}) != 1:
-            continue  # one task is its own average; opposite directions have none
+        members = [s for s in found if s.estimator == estimator and s.higher_is_better]
+        if len(members) < 2:
+            continue  # one task is its own average
         steps = set.intersection(*(set(s.points) for s in members))
-        average = Series(run.run_dir, run.arm, run.seed, AVERAGE, "mean score", estimator,
-                         members[0].higher_is_better)
+        average = Series(run.run_dir, run.arm, run.seed, AVERAGE, "mean score", estimator, True)
         for step in sorted(steps):
-            average.points[step] = (epochs[step], statistics.fmean(s.points[step][1] for s in members))
+            average.points[step] = (members[0].points[step][0],
+                                    statistics.fmean(s.points[step][1] for s in members))
         if average.points:
             found.append(average)
     return found, val_loss

@@ -39,6 +39,7 @@ from megadlm.rundir import (
     LATEST,
     best_checkpoint,
     checkpoint_root,
+    is_checkpoint_tag,
     read_checkpoint_manifest,
 )
 
@@ -93,7 +94,7 @@ def candidate_paths(run_dir: str) -> list[str]:
     if not os.path.isdir(root):
         return []
     tags = sorted((d for d in os.listdir(root)
-                   if d.startswith("step_") and os.path.isdir(os.path.join(root, d))),
+                   if is_checkpoint_tag(d) and os.path.isdir(os.path.join(root, d))),
                   reverse=True)
     newest = latest_tag(run_dir)
     if newest in tags:
@@ -249,7 +250,7 @@ def _unmark_best(root: str, keep: str) -> None:
     own checksums, so rewriting it leaves the checkpoint verifiable)."""
     for name in sorted(os.listdir(root)):
         directory = os.path.join(root, name)
-        manifest = read_checkpoint_manifest(directory) if name.startswith("step_") and name != keep else None
+        manifest = read_checkpoint_manifest(directory) if is_checkpoint_tag(name) and name != keep else None
         if manifest and manifest.pop("best", None) is not None:
             write_atomically(os.path.join(directory, MANIFEST), json.dumps(manifest, indent=1), durable=True)
 
@@ -300,7 +301,7 @@ def save(engine, run_dir: str, state: TrainState, retention: Retention, facts: R
 
 def _prune(root: str, retention: Retention, keep: str) -> None:
     tags = sorted(d for d in os.listdir(root)
-                  if d.startswith("step_") and os.path.isdir(os.path.join(root, d)))
+                  if is_checkpoint_tag(d) and os.path.isdir(os.path.join(root, d)))
     recent = set(tags[-retention.keep_last:]) if retention.keep_last > 0 else set(tags)
     for old in tags:
         step = int(old[len("step_"):])

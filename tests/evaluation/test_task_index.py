@@ -40,7 +40,11 @@ def test_the_fingerprint_follows_the_task_files(tmp_path, monkeypatch):
     (tmp_path / "b.yaml").write_text("task: b\n")
     second = task_index._fingerprint(tmp_path)
     os.utime(tmp_path / "a.yaml", ns=(time.time_ns() + 10**9,) * 2)
-    assert len({first, second, task_index._fingerprint(tmp_path)}) == 3
+    third = task_index._fingerprint(tmp_path)
+    (tmp_path / "_base_yaml").write_text("output_type: multiple_choice\n")  # a template tasks include
+    fourth = task_index._fingerprint(tmp_path)
+    (tmp_path / "utils.py").write_text("x = 1\n")  # code is not part of the index
+    assert len({first, second, third, fourth}) == 4 and task_index._fingerprint(tmp_path) == fourth
 
 
 @pytest.mark.slow  # lm-eval's own index build, twice (about 7 s each)

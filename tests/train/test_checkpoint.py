@@ -2,6 +2,7 @@
 unfinished saves, --resume-from, retention, refusal of incompatible resumes (changing nothing),
 weights_only-loadable files of our own. Every run is a real `megadlm train`."""
 import json
+import os
 import shutil
 
 import pytest
@@ -144,3 +145,18 @@ def test_retention_keeps_the_newest_and_every_kth(tmp_path):
     _prune(str(root), Retention(keep_last=2, keep_every=5), keep="step_00000012")
     assert sorted(p.name for p in root.iterdir()) == ["step_00000005", "step_00000010", "step_00000011",
                                                       "step_00000012"]
+
+
+def test_exports_beside_checkpoints_are_not_checkpoints(tmp_path):
+    """`megadlm eval CKPT` exports to CKPT.hf beside it: retention, resume and `eval --checkpoints` must
+    not take step_N.hf for a checkpoint (int("00000003.hf") used to crash the next save's pruning)."""
+    from megadlm.train.checkpoint import candidate_paths
+
+    root = tmp_path / "run" / "checkpoints"
+    for step in range(1, 5):
+        (root / f"step_{step:08d}").mkdir(parents=True)
+    (root / "step_00000003.hf").mkdir()
+    _prune(str(root), Retention(keep_last=2, keep_every=0), keep="step_00000004")
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000003", "step_00000003.hf", "step_00000004"]
+    assert [os.path.basename(p) for p in candidate_paths(str(tmp_path / "run"))] == ["step_00000004",
+                                                                                     "step_00000003"]
