@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,6 @@ class RemoteOut:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="upload")
-        started = time.perf_counter()
         try:
             for name in files:
                 size = (self.staging / name).stat().st_size
@@ -89,7 +87,6 @@ class RemoteOut:
             if bar is not None:
                 bar.close()
             shutil.rmtree(self.staging, ignore_errors=True)
-        self.upload_seconds = time.perf_counter() - started
 
 
 def staging_dir(remote: str) -> Path:

@@ -57,7 +57,8 @@ def score_of(metrics: dict) -> tuple[str, float, bool] | None:
     return None
 
 
-def _estimator(evaluator: dict) -> str:
+def estimator_label(evaluator: dict) -> str:
+    """How a results.json record's likelihoods were estimated, as report columns name it."""
     return evaluator.get("estimator", "?") + (f" mc={evaluator['mc_num']}" if evaluator.get("mc_num") else "")
 
 
@@ -92,7 +93,7 @@ def run_series(run) -> tuple[list[Series], dict[int, float]]:
         epoch = _epoch_at(step, epochs)
         if epoch is None:
             continue  # not a checkpoint (an HF export), or a run without step records
-        estimator = _estimator(record["evaluator"])
+        estimator = estimator_label(record["evaluator"])
         for task, metrics in record["tasks"].items():
             scored = score_of(metrics)
             if scored is None:
@@ -136,11 +137,11 @@ def _mean(values: list) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def downstream_rows(runs: list) -> list[dict]:
-    """Per (arm, task, metric, estimator): means over the arm's runs of summarise()'s three scores."""
+def downstream_rows(per_run: list[tuple[list[Series], dict[int, float]]]) -> list[dict]:
+    """Per (arm, task, metric, estimator): means over the arm's runs of summarise()'s three scores.
+    `per_run`: run_series() of each run."""
     grouped: dict[tuple, list[dict]] = {}
-    for run in runs:
-        series, val_loss = run_series(run)
+    for series, val_loss in per_run:
         for s in series:
             key = (s.arm, s.task, s.metric, s.estimator)
             grouped.setdefault(key, []).append({"seed": s.seed, "checkpoints": len(s.points),
@@ -165,11 +166,10 @@ def _panel(s: Series) -> tuple[str, str, str | None]:
     return s.task, s.metric, None if s.higher_is_better else s.estimator
 
 
-def plot_downstream(runs: list, out_png: Path, title: str) -> bool:
+def plot_downstream(per_run: list[tuple[list[Series], dict[int, float]]], out_png: Path, title: str) -> bool:
     """One panel per task (and estimator, see _panel), the suite average last; a line per run, a colour
-    per arm;
-    star: best-by-validation, square: final. Returns False (and writes nothing) without data."""
-    per_run = [run_series(run) for run in runs]
+    per arm; star: best-by-validation, square: final. `per_run`: run_series() of each run. Returns
+    False (and writes nothing) without data."""
     panels = sorted({_panel(s) for series, _ in per_run for s in series},
                     key=lambda p: (p[0] == AVERAGE, p[0], p[1], p[2] or ""))
     if not panels:

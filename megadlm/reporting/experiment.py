@@ -19,7 +19,13 @@ from pathlib import Path
 import yaml
 
 from megadlm.errors import UserError
-from megadlm.reporting.downstream import checkpoint_step, downstream_rows, plot_downstream
+from megadlm.reporting.downstream import (
+    checkpoint_step,
+    downstream_rows,
+    estimator_label,
+    plot_downstream,
+    run_series,
+)
 from megadlm.rundir import read_metrics
 
 OVERFIT_TOLERANCE = 0.005  # final val loss this far (relative) above the minimum = "turned up"
@@ -138,8 +144,7 @@ def eval_rows(runs: list[Run]) -> tuple[list[str], list[dict]]:
             evaluated.setdefault(run.arm, []).append(run.seed)
         per_run: dict[str, list[tuple[int, float]]] = {}  # column -> (checkpoint step or -1, value)
         for record in run.evals:
-            ev = record["evaluator"]
-            estimator = ev.get("estimator", "?") + (f" mc={ev['mc_num']}" if ev.get("mc_num") else "")
+            estimator = estimator_label(record["evaluator"])
             step = checkpoint_step(record)
             for task, metrics in record["tasks"].items():
                 for key, value in metrics.items():
@@ -263,8 +268,9 @@ def write_experiment_report(paths: list[str], out_dir: str) -> str:
 def _downstream_section(members: list[Run], png: Path, budget_summary: dict) -> list[str]:
     """Scores of each evaluated checkpoint by epoch (plot) and, per arm, at best-by-validation, at the
     final evaluated checkpoint and the best over checkpoints (table); nothing without such results."""
-    rows = [r for r in downstream_rows(members) if max(r["checkpoints"]) > 1]
-    if not rows or not plot_downstream(members, png, "downstream score vs epoch"):
+    per_run = [run_series(run) for run in members]
+    rows = [r for r in downstream_rows(per_run) if max(r["checkpoints"]) > 1]
+    if not rows or not plot_downstream(per_run, png, "downstream score vs epoch"):
         return []
     budget_summary["downstream"] = {"plot": png.name, "rows": rows}
     lines = ["Downstream over training (each evaluated checkpoint; means over the arm's seeds):", "",
